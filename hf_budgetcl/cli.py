@@ -1,0 +1,59 @@
+"""``hf-budgetcl``: run a recipe from a YAML config, with any key overridable on the command line.
+
+    hf-budgetcl run --config recipes/configs/digits_er.yaml --method replay --seed 2 --output_dir out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from .parser import ConfigError, read_yaml_config
+
+RECIPES = ("image_classification", "vlm_instruction_stream")
+
+
+def _recipe_main(name: str) -> Callable[[Sequence[str]], object]:
+    if name == "image_classification":
+        from .runs.image_classification import run
+    elif name == "vlm_instruction_stream":
+        from .runs.vlm_instruction_stream import run
+    else:
+        raise ConfigError(f"recipe: unknown recipe '{name}'; choose one of: {', '.join(RECIPES)}")
+    return run
+
+
+def recipe_of(argv: Sequence[str]) -> str:
+    """The recipe named by the config's ``recipe`` key (default: image_classification)."""
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        return str(read_yaml_config(argv[argv.index("--config") + 1]).get("recipe", "image_classification"))
+    return "image_classification"
+
+
+def run_guarded(fn: Callable[[], object]) -> int:
+    """Run ``fn``; configuration and data errors become one line on stderr and exit status 2."""
+    try:
+        fn()
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"hf-budgetcl: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="hf-budgetcl", description=__doc__.splitlines()[0])
+    top.add_argument("command", choices=["run"], help="run: train and evaluate one configuration")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command != "run":
+        top.parse_args([command])  # argparse prints the usage error and exits 2
+    return run_guarded(lambda: _recipe_main(recipe_of(rest))(rest))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

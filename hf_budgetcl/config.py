@@ -1,0 +1,91 @@
+"""``BudgetedCLConfig``: TrainingArguments plus the stream, the budgets and the method."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .methods import METHODS
+from .stream import STREAM_KINDS
+
+FREEZE_PATTERN = re.compile(r"^(none|adaptive|static:\d+)$")
+
+
+@dataclass
+class BudgetedCLConfig(TrainingArguments):
+    """Arguments of a budgeted online continual-learning run.
+
+    Stream: ``stream`` (disjoint | gaussian | si_blurry | domain) with ``n_tasks``, ``sigma``, ``repeat``,
+    ``init_cls``, ``disjoint_class_ratio``, ``blurry_ratio``; or ``stream_file`` (a JSON order).
+    Budgets: ``flops_budget`` (total training FLOPs) or ``flops_budget_per_sample``; ``memory_budget_bytes`` (model
+    + method state + replay samples) and/or ``memory_size`` (a cap in samples).
+    Online training: ``online_iter`` iterations per arriving sample, anytime evaluation every ``eval_period``.
+    """
+
+    method: str = field(default="er", metadata={"help": f"Continual method: {', '.join(sorted(METHODS))}."})
+    freeze: str | None = field(
+        default=None, metadata={"help": "none | adaptive | static:<n>; default: the method's own choice."}
+    )
+    fisher_ema: float = field(default=0.01, metadata={"help": "aL: EMA ratio of the per-block Fisher traces."})
+    informativeness_ema: float = field(default=0.01, metadata={"help": "aL: EMA ratio of the batch informativeness."})
+    fisher_update_every: int = field(
+        default=4, metadata={"help": "aL: every this many steps nothing is frozen, refreshing every Fisher trace."}
+    )
+    freeze_warmup_steps: int = field(default=50, metadata={"help": "aL: steps without freezing at the start."})
+    stream: str = field(default="disjoint", metadata={"help": f"Arrival order: {', '.join(STREAM_KINDS)}."})
+    stream_file: str | None = field(default=None, metadata={"help": "JSON arrival order to import instead."})
+    n_tasks: int = field(default=5, metadata={"help": "Tasks of disjoint / si_blurry streams."})
+    sigma: float = field(default=0.1, metadata={"help": "Gaussian stream spread, in stream periods (0.1 = sigma10)."})
+    repeat: int = field(default=1, metadata={"help": "Gaussian stream periods."})
+    init_cls: float = field(default=1.0, metadata={"help": "Gaussian stream: fraction of classes in period 0."})
+    disjoint_class_ratio: float = field(default=0.5, metadata={"help": "Si-Blurry: share of disjoint classes."})
+    blurry_ratio: float = field(default=0.1, metadata={"help": "Si-Blurry: share of a blurry class outside its task."})
+    stream_seed: int | None = field(default=None, metadata={"help": "Seed of the arrival order (default: seed)."})
+    online_iter: float = field(default=1.0, metadata={"help": "Training iterations per arriving sample (float)."})
+    eval_period: int = field(default=500, metadata={"help": "Anytime evaluation every this many arrivals."})
+    memory_budget_bytes: int | None = field(
+        default=None, metadata={"help": "Total memory budget in bytes: model + method state + replay samples."}
+    )
+    memory_size: int | None = field(default=None, metadata={"help": "Replay memory cap in samples."})
+    count_optimizer_state: bool = field(
+        default=False, metadata={"help": "Charge the optimizer state of trainable parameters to the memory budget."}
+    )
+    flops_budget: float | None = field(default=None, metadata={"help": "Total training-FLOPs budget."})
+    flops_budget_per_sample: float | None = field(
+        default=None, metadata={"help": "Training-FLOPs budget per stream sample (times the stream length)."}
+    )
+    # Defaults of the aL-SAR paper's online setting, overriding Trainer's offline ones.
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size (stream + replay)."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate (the paper's)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Online streams have no known end."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "No clipping, as in the paper."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (weight_decay 0 makes it Adam)."})
+    logging_steps: float = field(default=100, metadata={"help": "Log every this many iterations."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpointing strategy."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Collators need every column."})
+    dataloader_pin_memory: bool = field(default=False, metadata={"help": "CPU-first."})
+    seed: int = field(default=1, metadata={"help": "Seed of the run (the paper uses 1, 2, 3)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "A stream is seen once."})
+    output_dir: str | None = field(default="out/run", metadata={"help": "Where results.json and the model go."})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: unknown method '{self.method}'; choose one of: {', '.join(sorted(METHODS))}")
+        if self.stream not in STREAM_KINDS:
+            raise ValueError(f"stream: unknown stream type '{self.stream}'; choose one of: {', '.join(STREAM_KINDS)}")
+        if self.freeze is not None and not FREEZE_PATTERN.match(self.freeze):
+            raise ValueError(f"freeze: expected none, adaptive or static:<n>, got '{self.freeze}'")
+        for name in ("eval_period", "online_iter", "fisher_update_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("memory_budget_bytes", "memory_size", "flops_budget", "flops_budget_per_sample"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.memory_budget_bytes is None and self.memory_size is None:
+            raise ValueError("memory_budget_bytes: give a memory budget in bytes (or memory_size in samples)")
+        if self.flops_budget is not None and self.flops_budget_per_sample is not None:
+            raise ValueError("flops_budget: give either flops_budget or flops_budget_per_sample, not both")
+        super().__post_init__()

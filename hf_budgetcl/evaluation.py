@@ -1,0 +1,89 @@
+"""Anytime evaluation: when to evaluate along the stream, what to evaluate on, and the resulting curve.
+
+Every ``eval_period`` arrivals (and once at the end of the stream) the model is evaluated on the test samples of
+the classes seen so far. A_AUC is the mean of these accuracies, A_last the final one, and F_last the forgetting
+between the per-class accuracies at task boundaries (or at every earlier evaluation for boundary-free streams) and
+the final ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .metrics import a_auc, a_last, accuracy_by_class, f_last
+from .stream import StreamOrder
+
+
+@dataclass
+class CurvePoint:
+    samples: int
+    train_flops: float
+    accuracy: float
+    iterations: int
+    memory_bytes: int
+    per_class: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["per_class"] = {str(k): v for k, v in self.per_class.items()}
+        return out
+
+
+def eval_points(stream_length: int, eval_period: int) -> list[int]:
+    """Arrival counts at which to evaluate: every ``eval_period`` arrivals, plus the end of the stream."""
+    points = list(range(eval_period, stream_length + 1, eval_period))
+    if not points or points[-1] != stream_length:
+        points.append(stream_length)
+    return points
+
+
+class AnytimeSchedule:
+    """Tracks which evaluation points are due as the stream advances."""
+
+    def __init__(self, stream: StreamOrder, eval_period: int):
+        self.stream = stream
+        self.points = eval_points(len(stream), eval_period)
+        self.next = 0  # index into points
+
+    def due(self, samples_seen: int) -> list[int]:
+        out = []
+        while self.next < len(self.points) and self.points[self.next] <= samples_seen:
+            out.append(self.points[self.next])
+            self.next += 1
+        return out
+
+
+class Evaluator(Protocol):
+    def __call__(self, trainer: Any, seen_classes: np.ndarray) -> tuple[float, dict[int, float]]: ...
+
+
+class ClassificationEvaluator:
+    """Accuracy on the test rows whose label is among ``seen_classes``, through ``Trainer.predict``
+    (which batches with ``per_device_eval_batch_size`` and gathers across processes)."""
+
+    def __init__(self, test_dataset, label_column: str = "label"):
+        self.test_dataset = test_dataset
+        self.test_labels = np.asarray(test_dataset[label_column])
+
+    def __call__(self, trainer: Any, seen_classes: np.ndarray) -> tuple[float, dict[int, float]]:
+        rows = np.flatnonzero(np.isin(self.test_labels, seen_classes))
+        if len(rows) == 0:
+            return float("nan"), {}
+        output = trainer.predict(self.test_dataset.select(rows), metric_key_prefix="anytime")
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        return accuracy_by_class(np.asarray(logits).argmax(-1), np.asarray(output.label_ids))
+
+
+def summarize_curve(curve: list[CurvePoint], stream: StreamOrder) -> dict[str, float]:
+    """A_AUC, A_last and F_last of an anytime-evaluation curve."""
+    accuracies = [p.accuracy for p in curve]
+    summary = {"A_auc": a_auc(accuracies), "A_last": a_last(accuracies), "F_last": float("nan")}
+    if len(curve) >= 2:
+        earlier = curve[:-1]
+        boundaries = set(stream.task_boundaries)
+        history = [p.per_class for p in earlier if p.samples in boundaries] or [p.per_class for p in earlier]
+        summary["F_last"] = f_last(history, curve[-1].per_class)
+    return {k: float(v) for k, v in summary.items()}

@@ -1,0 +1,290 @@
+"""Tiny vision-language models built from config (random weights), saved in HF format, and a generic loader.
+
+The tiny builders exist because no VLM weights are reachable offline: tests and CPU recipes build a ≤ 1 M-parameter
+model plus a byte-level BPE tokenizer trained on the task's own text, ``save_pretrained`` them, and from then on
+use exactly the same loading path (``load_vlm``) as for a real Hub checkpoint.
+
+Two families:
+
+* **LLaVA** (CLIP vision tower + Llama): ``LlavaProcessor`` works without torchvision, so the saved directory reloads
+  with ``AutoProcessor`` / ``AutoModelForImageTextToText``.
+* **Qwen2-VL**: ``Qwen2VLProcessor`` cannot be instantiated without torchvision (its video processor needs it).
+  The directory therefore holds the tokenizer (with the chat template) and a ``Qwen2VLImageProcessorPil`` config;
+  ``load_vlm`` falls back to :class:`~hf_budgetcl.data.vlm_collator.Qwen2VLPadExpandingProcessor`, which expands
+  each ``<|image_pad|>`` to ``grid_t*grid_h*grid_w // merge_size**2`` copies and builds ``mm_token_type_ids``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BitsAndBytesConfig,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
+
+from hf_budgetcl.data.vlm_collator import Qwen2VLPadExpandingProcessor
+
+BASE_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<image>")
+QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+
+# The assistant turn ends with the eos token and nothing after it, so the supervised completion is exactly
+# "answer + eos"; with add_generation_prompt the prompt is a string prefix of the full conversation.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}USER: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>{{ '\\n' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% else %} ASSISTANT: "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}"
+    "{% endif %}</s>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+QWEN2VL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] + '\\n' }}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>{% if m['role'] == 'user' %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}"
+)
+
+
+def train_bpe_tokenizer(
+    corpus: Iterable[str], vocab_size: int = 512, extra_special_tokens: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (< 0.2 s) with ``<pad>``, ``<s>``, ``</s>``, ``<image>`` (+ extras).
+
+    Sequences get a leading ``<s>``; ``<image>`` is registered as the tokenizer's ``image_token``.
+    """
+    specials = list(BASE_SPECIAL_TOKENS) + [t for t in extra_special_tokens if t not in BASE_SPECIAL_TOKENS]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def _lm_config(tok: PreTrainedTokenizerFast, lm_hidden: int, lm_layers: int) -> dict[str, Any]:
+    heads = max(lm_hidden // 16, 1)
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=lm_hidden,
+        intermediate_size=2 * lm_hidden,
+        num_hidden_layers=lm_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(heads // 2, 1),
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
+def make_tiny_llava(
+    corpus: Iterable[str],
+    image_size: int = 32,
+    patch_size: int = 8,
+    lm_hidden: int = 64,
+    lm_layers: int = 4,
+    vision_layers: int = 2,
+    vision_feature_layer: int = -1,
+    vocab_size: int = 512,
+    seed: int = 0,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A random-weight LLaVA (CLIP + Llama, ~0.3 M parameters by default) and its processor, in memory.
+
+    The tokenizer is a byte-level BPE trained on ``corpus``. ``vision_feature_layer=-1`` (not LLaVA's default -2)
+    so the last vision layer is used and gets gradients. Image tokens per image = (image_size / patch_size)².
+    """
+    tok = train_bpe_tokenizer([*corpus, "USER: ASSISTANT:"], vocab_size=vocab_size)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        ),
+        tokenizer=tok,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,  # CLIP's CLS, dropped by the "default" strategy
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    vision_hidden = lm_hidden
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=max(vision_hidden // 16, 1),
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+        text_config=LlamaConfig(**_lm_config(tok, lm_hidden, lm_layers)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=vision_feature_layer,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config), processor
+
+
+def build_tiny_llava(save_dir: str | os.PathLike, corpus: Iterable[str], **kwargs: Any) -> str:
+    """:func:`make_tiny_llava` saved into ``save_dir`` (reloads with ``AutoProcessor`` /
+    ``AutoModelForImageTextToText`` or :func:`load_vlm`). Returns ``save_dir``."""
+    _save(*make_tiny_llava(corpus, **kwargs), save_dir)
+    return str(save_dir)
+
+
+def make_tiny_qwen2vl(
+    corpus: Iterable[str],
+    image_size: int = 32,
+    patch_size: int = 8,
+    lm_hidden: int = 64,
+    lm_layers: int = 4,
+    vision_layers: int = 2,
+    vision_hidden: int = 32,
+    vocab_size: int = 512,
+    seed: int = 0,
+) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLPadExpandingProcessor]:
+    """A random-weight Qwen2-VL (~0.25 M parameters by default) and its torchvision-free processor, in memory.
+
+    Images are resized to exactly ``image_size``² pixels (a multiple of ``2 * patch_size``), giving
+    (image_size / patch_size)² patches and a quarter as many ``<|image_pad|>`` tokens after the 2×2 merge.
+    """
+    merge = 2
+    if image_size % (patch_size * merge):
+        raise ValueError(f"image_size {image_size} must be a multiple of 2 * patch_size = {patch_size * merge}")
+    tok = train_bpe_tokenizer(
+        [*corpus, "user assistant"], vocab_size=vocab_size, extra_special_tokens=QWEN_SPECIAL_TOKENS
+    )
+    tok.eos_token = "<|im_end|>"  # end of turn = end of generation
+    tok.chat_template = QWEN2VL_CHAT_TEMPLATE
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+        patch_size=patch_size,
+        temporal_patch_size=2,
+        merge_size=merge,
+    )
+    text = _lm_config(tok, lm_hidden, lm_layers)
+    head_dim = lm_hidden // text["num_attention_heads"]
+    # M-RoPE splits head_dim / 2 rotary frequencies into (temporal, height, width) sections.
+    quarter = head_dim // 2 // 4
+    text["rope_parameters"] = dict(
+        rope_type="default", mrope_section=[head_dim // 2 - 2 * quarter, quarter, quarter], rope_theta=1e4
+    )
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=vision_layers,
+            embed_dim=vision_hidden,
+            hidden_size=lm_hidden,
+            num_heads=max(vision_hidden // 16, 1),
+            mlp_ratio=2,
+            patch_size=patch_size,
+            spatial_merge_size=merge,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|image_pad|>"],  # no video: reuse an in-vocabulary id
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return Qwen2VLForConditionalGeneration(config), Qwen2VLPadExpandingProcessor(image_processor, tok)
+
+
+def build_tiny_qwen2vl(save_dir: str | os.PathLike, corpus: Iterable[str], **kwargs: Any) -> str:
+    """:func:`make_tiny_qwen2vl` saved into ``save_dir``: model, tokenizer (with chat template) and image processor.
+
+    Reload with :func:`load_vlm`: ``AutoProcessor`` fails without torchvision, so it falls back to
+    :class:`Qwen2VLPadExpandingProcessor`. Returns ``save_dir``.
+    """
+    _save(*make_tiny_qwen2vl(corpus, **kwargs), save_dir)
+    return str(save_dir)
+
+
+def _save(model: PreTrainedModel, processor: Any, save_dir: str | os.PathLike) -> None:
+    os.makedirs(save_dir, exist_ok=True)
+    model.generation_config.pad_token_id = model.config.get_text_config().pad_token_id
+    model.save_pretrained(save_dir)
+    processor.save_pretrained(save_dir)
+
+
+def load_processor(model_name_or_path: str | os.PathLike) -> Any:
+    """``AutoProcessor``, or the pad-expanding Qwen2-VL processor where the official one needs torchvision."""
+    model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
+    if model_type in Qwen2VLPadExpandingProcessor.MODEL_TYPES:
+        try:
+            return AutoProcessor.from_pretrained(model_name_or_path)
+        except (AttributeError, ImportError):  # the video processor needs torchvision
+            return Qwen2VLPadExpandingProcessor.from_pretrained(model_name_or_path)
+    return AutoProcessor.from_pretrained(model_name_or_path)
+
+
+def load_vlm(
+    model_name_or_path: str | os.PathLike, quantization: str | None = None, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, Any]:
+    """Load ``(model, processor)`` from a local directory or Hub name (never ``trust_remote_code``).
+
+    ``quantization``: None, ``"4bit"`` (NF4, double quantisation) or ``"8bit"``, through ``BitsAndBytesConfig`` and
+    ``device_map="cpu"`` (bitsandbytes ≥ 0.50 runs on CPU). Only linear layers of the language model and the
+    vision tower are quantised; ``lm_head`` stays in full precision.
+    """
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if quantization is not None:
+        if quantization == "4bit":
+            qconfig = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.float32,
+            )
+        elif quantization == "8bit":
+            qconfig = BitsAndBytesConfig(load_in_8bit=True)
+            # bnb casts fp32 inputs to fp16 on every 8-bit matmul and warns each time.
+            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        else:
+            raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+        kwargs.update(quantization_config=qconfig, device_map="cpu")
+    model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, **kwargs)
+    return model, load_processor(model_name_or_path)

@@ -1,0 +1,119 @@
+"""Image-classification recipe: a class-incremental stream over an image dataset, under FLOPs and byte budgets.
+
+Runs with ``python recipes/image_classification.py --config ...``, ``accelerate launch recipes/image_classification.py
+--config ...`` or ``hf-budgetcl run --config ...``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import BudgetedCLConfig
+from ..parser import ConfigParser
+from ..stream import StreamOrder, build_stream
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="digits_resnet",
+        metadata={"help": "A preset (cifar_resnet32, fmd5_resnet, digits_resnet, tiny_vit, tiny_resnet), a local "
+                  "checkpoint or a Hub model id."},
+    )
+    image_size: int | None = field(default=None, metadata={"help": "Resize images to this size (after padding)."})
+    pad: int = field(default=0, metadata={"help": "Zero padding on each side (FM-D5: 2, 28 -> 32)."})
+    channels: int | None = field(default=None, metadata={"help": "Repeat grey images to this many channels."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="digits",
+        metadata={"help": "digits | fashion_mnist | a local imagefolder | a Hub image-classification dataset."},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "Directory of the Fashion-MNIST idx files."})
+    per_class_train: int | None = field(default=None, metadata={"help": "Keep the first n training images per class."})
+    per_class_test: int | None = field(default=None, metadata={"help": "Keep the first n test images per class."})
+    label_column: str = field(default="label", metadata={"help": "Label column of a generic dataset."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column of a generic dataset."})
+    domain_column: str | None = field(default=None, metadata={"help": "Time/domain column for domain streams."})
+
+
+def make_parser() -> ConfigParser:
+    return ConfigParser((ModelArguments, DataArguments, BudgetedCLConfig))
+
+
+def load_data(data_args: DataArguments):
+    from ..data.images import load_digits_dataset, load_fashion_mnist, load_image_dataset
+
+    if data_args.dataset == "digits":
+        return load_digits_dataset()
+    if data_args.dataset == "fashion_mnist":
+        return load_fashion_mnist(data_args.data_dir, data_args.per_class_train, data_args.per_class_test)
+    return load_image_dataset(data_args.dataset, image_column=data_args.image_column,
+                              label_column=data_args.label_column)
+
+
+def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> StreamOrder:
+    labels = np.asarray(train["label"])
+    if config.stream_file:
+        return StreamOrder.from_json(config.stream_file, labels=labels)
+    seed = config.stream_seed if config.stream_seed is not None else config.seed
+    params = {
+        "disjoint": {"n_tasks": config.n_tasks},
+        "gaussian": {"sigma": config.sigma, "repeat": config.repeat, "init_cls": config.init_cls},
+        "si_blurry": {"n_tasks": config.n_tasks, "disjoint_class_ratio": config.disjoint_class_ratio,
+                      "blurry_ratio": config.blurry_ratio},
+        "domain": {},
+    }[config.stream]
+    domains = None
+    if config.stream == "domain":
+        if not data_args.domain_column or data_args.domain_column not in train.column_names:
+            raise ValueError(f"domain_column: a domain stream needs a time/domain column, got {data_args.domain_column!r}")
+        domains = np.asarray(train[data_args.domain_column])
+    return build_stream(config.stream, labels, seed, domains=domains, **params)
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedCLConfig):
+    from transformers import set_seed
+
+    from ..data.images import ImageCollator, sample_nbytes
+    from ..models import build_image_classifier
+    from ..trainer import BudgetedCLTrainer
+
+    set_seed(config.seed)
+    train, test = load_data(data_args)
+    if "label" not in train.column_names:
+        raise ValueError(f"label_column: the dataset has no label column (columns: {', '.join(train.column_names)})")
+    stream = make_stream(config, train, data_args)
+    channels, height = np.asarray(train[0]["pixel_values"]).shape[:2]
+    image_size = model_args.image_size or height + 2 * model_args.pad
+    model = build_image_classifier(
+        model_args.model_name_or_path,
+        num_labels=int(np.max(train["label"])) + 1,
+        num_channels=model_args.channels or channels,
+        image_size=image_size,
+    )
+    collator = ImageCollator(pad=model_args.pad, resize=model_args.image_size, channels=model_args.channels)
+    trainer = BudgetedCLTrainer(
+        model=model,
+        args=config,
+        train_dataset=train.with_format("numpy"),
+        eval_dataset=test.with_format("numpy") if test is not None else None,
+        stream=stream,
+        sample_nbytes=sample_nbytes,
+        data_collator=collator,
+    )
+    trainer.train()
+    stream.to_json(os.path.join(config.output_dir, "stream.json"))
+    trainer.save_model()
+    return trainer
+
+
+def run(argv: Sequence[str]):
+    model_args, data_args, config = make_parser().parse_with_config(argv, ignore_keys=("recipe",))
+    return main(model_args, data_args, config)

@@ -1,0 +1,382 @@
+"""``BudgetedCLTrainer``: online continual learning under a FLOPs and a byte budget, on top of ``transformers.Trainer``.
+
+Only public, overridable Trainer methods and callbacks are used:
+
+- ``get_train_dataloader`` returns a DataLoader driven by :class:`~hf_budgetcl.sampler.OnlineStreamSampler`, which
+  consumes the stream online, fills the episodic memory and composes each batch (stream part + replay);
+- ``training_step`` runs the forward, asks the freezing policy how many leading blocks to freeze for this batch,
+  runs the backward only for the unfrozen suffix (``inputs=``: graph pruning, so frozen blocks cost nothing) and
+  charges the FLOPs ledger exactly what ran;
+- ``compute_loss`` adds the method's extra loss; ``floating_point_ops`` reports the measured FLOPs to Trainer;
+- ``evaluate`` runs the anytime evaluation on the test samples of the classes seen so far;
+- a callback triggers those evaluations every ``eval_period`` arrivals and stops training when the FLOPs budget
+  cannot pay for another iteration; the rest of the stream still arrives and is evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from . import __version__
+from .blocks import find_blocks
+from .budget import FlopsLedger, FlopsProfiler, MemoryBudget, model_bytes, optimizer_state_bytes
+from .config import BudgetedCLConfig
+from .evaluation import AnytimeSchedule, ClassificationEvaluator, CurvePoint, Evaluator, summarize_curve
+from .freezing import FreezingPolicy, make_freezing_policy
+from .memory import EpisodicMemory
+from .methods import ContinualMethod, get_method
+from .sampler import BatchRecord, OnlineStreamSampler
+from .stream import StreamOrder
+
+__all__ = ["BudgetedCLTrainer", "BudgetedCLConfig"]
+
+
+class BudgetedCLTrainer(Trainer):
+    """Trainer for budgeted online continual learning.
+
+    Args:
+        model: any ``transformers`` model (or PEFT model) returning a loss when given ``labels``.
+        args: a :class:`BudgetedCLConfig`.
+        train_dataset: map-style dataset whose rows the stream indexes.
+        stream: the arrival order (:mod:`hf_budgetcl.stream`).
+        sample_nbytes: bytes a row takes when stored in replay memory (counted against the memory budget).
+        evaluator: anytime evaluator; defaults to classification accuracy on ``eval_dataset``.
+        method: a :class:`ContinualMethod` instance (default: ``args.method``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: BudgetedCLConfig,
+        train_dataset: Any,
+        stream: StreamOrder,
+        sample_nbytes: Callable[[dict], int],
+        eval_dataset: Any = None,
+        evaluator: Evaluator | None = None,
+        method: ContinualMethod | None = None,
+        data_collator: Callable | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs: Any,
+    ):
+        if len(stream) == 0:
+            raise ValueError("stream: empty stream, nothing arrives")
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        self.stream = stream
+        self.method = method or get_method(args.method)
+        self.blocks = find_blocks(self.model)
+        self.freezing: FreezingPolicy = make_freezing_policy(args.freeze or self.method.freeze, self.blocks, args)
+        self.world_size = self.accelerator.num_processes
+        self.global_batch_size = args.per_device_train_batch_size * self.world_size
+        self._sample_nbytes = sample_nbytes
+
+        num_classes = len(np.unique(stream.labels))
+        extra = self.method.extra_state_bytes(self.model, num_classes)
+        extra.update(self.freezing.extra_state_bytes())
+        first_sample = sample_nbytes(train_dataset[int(stream.indices[0])])
+        fixed = model_bytes(self.model)
+        opt_bytes = optimizer_state_bytes(self.model, str(args.optim)) if args.count_optimizer_state else 0
+        total = args.memory_budget_bytes
+        if total is None:  # budget given as a sample count: derive the byte budget it implies
+            total = fixed + opt_bytes + sum(extra.values()) + args.memory_size * first_sample
+        self.memory_budget = MemoryBudget(total, fixed, opt_bytes, extra)
+        self.memory_budget.validate()
+        self.memory = EpisodicMemory(self.memory_budget.sample_bytes_available, args.memory_size, seed=args.seed)
+
+        budget = args.flops_budget
+        if args.flops_budget_per_sample is not None:
+            budget = args.flops_budget_per_sample * len(stream)
+        self.ledger = FlopsLedger(budget=budget)
+        self.profiler = FlopsProfiler(
+            self.accelerator.unwrap_model(self.model), self.blocks, lambda m, inputs: self.compute_loss(m, inputs)
+        )
+        self.stream_sampler = OnlineStreamSampler(
+            stream,
+            self.memory,
+            self.method,
+            lambda index: sample_nbytes(train_dataset[index]),
+            self.global_batch_size,
+            args.online_iter,
+            seed=args.seed,
+        )
+        self.evaluator = evaluator or (ClassificationEvaluator(eval_dataset) if eval_dataset is not None else None)
+        self.schedule = AnytimeSchedule(stream, args.eval_period)
+        self.curve: list[CurvePoint] = []
+        self.frozen_counts: Counter[int] = Counter()
+        self.current_record: BatchRecord | None = None
+        self.stop_reason = "stream_end"
+        self.skipped_nonfinite = 0
+        self.results: dict[str, Any] | None = None
+        self._pending_eval: list[int] = []
+        self._last_step_flops = 0.0
+        self.add_callback(_StreamControlCallback(self))
+        if isinstance(self.freezing, TrainerCallback):
+            self.add_callback(self.freezing)
+        if not args.disable_tqdm:
+            self.remove_callback(ProgressCallback)
+            self.add_callback(_StreamProgressCallback(self))
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def get_train_dataloader(self) -> DataLoader:
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=self.stream_sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    # ---- one iteration ----------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        extra = self.method.extra_loss(self, model, inputs, outputs)
+        if extra is not None:
+            loss = loss + extra
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.current_record = self.stream_sampler.pop_record()
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        cost = self.profiler.cost(inputs)
+        with self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if not torch.isfinite(loss.detach()).all():
+            # A non-finite loss would poison the weights and the Fisher/similarity statistics: skip the update.
+            self.skipped_nonfinite += 1
+            warnings.warn(f"non-finite loss at iteration {self.ledger.steps}: batch skipped", stacklevel=2)
+            self.ledger.charge("train_forward", cost.forward * self.world_size)
+            self._last_step_flops = cost.forward * self.world_size
+            return loss.detach()
+        n_frozen = self.freezing.decide(self, model, inputs, outputs, cost)
+        if self.current_gradient_accumulation_steps > 1:
+            loss = loss / self.current_gradient_accumulation_steps
+        self.backward_unfrozen(loss, model, n_frozen)
+        spent = self.ledger.total
+        self.ledger.charge_step(cost, n_frozen, scale=self.world_size)
+        for item, flops in self.method.extra_flops_per_iteration(self, self.global_batch_size).items():
+            self.ledger.charge(item, flops)
+        for item, flops in self.freezing.extra_flops(self, cost).items():
+            self.ledger.charge(item, flops)
+        self._last_step_flops = self.ledger.total - spent
+        self.frozen_counts[n_frozen] += 1
+        return loss.detach()
+
+    def backward_unfrozen(self, loss: torch.Tensor, model: torch.nn.Module, n_frozen: int) -> None:
+        """Backward through the unfrozen suffix only: frozen blocks get neither weight nor input gradients."""
+        if n_frozen == 0:
+            self.accelerator.backward(loss)
+            return
+        params = self.blocks.trainable_from(n_frozen)
+        if self.world_size == 1:
+            self.accelerator.backward(loss, inputs=params)
+            return
+        # DDP's reducer waits for every parameter; reduce the unfrozen gradients ourselves instead.
+        with self.accelerator.no_sync(model):
+            self.accelerator.backward(loss, inputs=params)
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def floating_point_ops(self, inputs) -> int:
+        """Trainer's ``total_flos`` becomes the measured training FLOPs of each step (all ranks together)."""
+        return int(self._last_step_flops / self.world_size)
+
+    # ---- anytime evaluation -----------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if eval_dataset is not None or self.evaluator is None:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        metrics: dict[str, float] = {}
+        for point in self._pending_eval or [self.stream_sampler.cursor]:
+            metrics = self.evaluate_at(point)
+        self._pending_eval = []
+        return metrics
+
+    def evaluate_at(self, samples_seen: int) -> dict[str, float]:
+        """Evaluate on the test samples of the classes among the first ``samples_seen`` arrivals."""
+        accuracy, per_class = self.evaluator(self, self.stream.classes_seen(samples_seen))
+        point = CurvePoint(
+            samples=samples_seen,
+            train_flops=self.ledger.total,
+            accuracy=float(accuracy),
+            iterations=self.ledger.steps,
+            memory_bytes=self.memory_budget.itemise(self.memory.bytes_used)["total"],
+            per_class={int(k): float(v) for k, v in per_class.items()},
+        )
+        self.curve.append(point)
+        metrics = {
+            "anytime_accuracy": point.accuracy,
+            "samples_seen": samples_seen,
+            "train_flops": point.train_flops,
+            "memory_bytes": point.memory_bytes,
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ---- the run ----------------------------------------------------------------------------------------------
+    def check_budget_affords_one_iteration(self) -> None:
+        """Measure the first batch shape now: a budget too small for a single iteration is a configuration error."""
+        n = min(self.args.per_device_train_batch_size, len(self.stream))
+        rows = [self.train_dataset[int(i)] for i in self.stream.indices[:n]]
+        batch = {k: v.to(self.args.device) if hasattr(v, "to") else v for k, v in self.data_collator(rows).items()}
+        one = self.profiler.cost(batch).train_flops(0) * self.world_size
+        if self.ledger.budget is not None and one > self.ledger.budget:
+            name = "flops_budget_per_sample" if self.args.flops_budget_per_sample else "flops_budget"
+            raise ValueError(f"{name}: the budget ({self.ledger.budget:.4g} FLOPs) is too small for one iteration "
+                             f"({one:.4g} FLOPs)")
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        start = time.perf_counter()
+        self.check_budget_affords_one_iteration()
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        train_time = time.perf_counter() - start
+        # Whatever training did not consume (budget spent, or no iteration left) still arrives and is evaluated.
+        for position in self.stream_sampler.drain():
+            for point in self.schedule.due(position):
+                self.evaluate_at(point)
+        for point in self.schedule.due(len(self.stream)):
+            self.evaluate_at(point)
+        self.results = self.build_results(wall_time_s=time.perf_counter() - start, train_time_s=train_time)
+        if self.is_world_process_zero():
+            self.save_results()
+            print(format_summary(self.results), file=sys.stderr)
+        return output
+
+    def build_results(self, wall_time_s: float, train_time_s: float) -> dict[str, Any]:
+        args = self.args
+        steps = self.ledger.steps
+        return {
+            "method": self.method.name,
+            "freeze": self.freezing.describe(),
+            "stream": {"kind": self.stream.kind, "length": len(self.stream), "params": self.stream.params},
+            "seed": args.seed,
+            **summarize_curve(self.curve, self.stream),
+            "train_flops": self.ledger.total,
+            "flops_budget": self.ledger.budget,
+            "flops_items": dict(self.ledger.items),
+            "backward_flops_saved_fraction": self.ledger.backward_saved_fraction,
+            "frozen_blocks_histogram": {str(k): v for k, v in sorted(self.frozen_counts.items())},
+            "memory_bytes": self.memory_budget.itemise(self.memory.bytes_used),
+            "memory_budget_bytes": self.memory_budget.total_bytes,
+            "memory_slots": len(self.memory),
+            "samples_seen": self.stream_sampler.cursor,
+            "iterations": steps,
+            "online_iter": args.online_iter,
+            "batch_size": self.global_batch_size,
+            "stopped_by": self.stop_reason,
+            "skipped_nonfinite_batches": self.skipped_nonfinite,
+            "wall_time_s": wall_time_s,
+            "train_time_s": train_time_s,
+            "iterations_per_s": steps / train_time_s if train_time_s > 0 else float("nan"),
+            "world_size": self.world_size,
+            "hf_budgetcl_version": __version__,
+            "curve": [p.to_dict() for p in self.curve],
+        }
+
+    def save_results(self, path: str | None = None) -> str:
+        path = path or os.path.join(self.args.output_dir, "results.json")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:  # write then rename: a crash never leaves a half-written results.json
+            json.dump(self.results, f, indent=2, default=_json_default)
+        os.replace(tmp, path)
+        return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """One-screen summary table of a run."""
+    from tabulate import tabulate
+
+    mem = results["memory_bytes"]
+    budget = results["flops_budget"]
+    rows = [
+        ("method / freeze", f"{results['method']} / {results['freeze']['mode']}"),
+        ("stream", f"{results['stream']['kind']} ({results['samples_seen']}/{results['stream']['length']} samples)"),
+        ("A_AUC / A_last / F_last", f"{100 * results['A_auc']:.2f} / {100 * results['A_last']:.2f} / "
+                                     f"{100 * results['F_last']:.2f}"),
+        ("training FLOPs", f"{results['train_flops'] / 1e12:.4f} T" + (f" of {budget / 1e12:.4f} T" if budget else "")),
+        ("backward FLOPs saved", f"{100 * results['backward_flops_saved_fraction']:.1f}%"),
+        ("memory", f"{mem['total'] / 2**20:.2f} MiB of {results['memory_budget_bytes'] / 2**20:.2f} MiB "
+                   f"(model {mem['model'] / 2**20:.2f}, replay {mem['replay_samples'] / 2**20:.2f}, "
+                   f"{results['memory_slots']} samples)"),
+        ("iterations", f"{results['iterations']} ({results['iterations_per_s']:.1f}/s), stopped by "
+                       f"{results['stopped_by']}"),
+        ("wall time", f"{results['wall_time_s']:.1f} s"),
+    ]
+    return tabulate(rows, tablefmt="simple_outline")
+
+
+class _StreamControlCallback(TrainerCallback):
+    """Triggers anytime evaluations at their stream positions and stops when the budget is spent."""
+
+    def __init__(self, trainer: BudgetedCLTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        record = trainer.current_record
+        if record is not None and record.last_for_arrival:
+            due = trainer.schedule.due(record.samples_seen)
+            if due:
+                trainer._pending_eval = due
+                control.should_evaluate = True
+        next_step = trainer.ledger.max_step_flops * trainer.world_size
+        if math.isfinite(trainer.ledger.remaining) and not trainer.ledger.can_afford(next_step):
+            trainer.stop_reason = "flops_budget"
+            control.should_training_stop = True
+        return control
+
+
+class _StreamProgressCallback(ProgressCallback):
+    """Trainer's progress bar, annotated with stream samples seen and training FLOPs spent."""
+
+    def __init__(self, trainer: BudgetedCLTrainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            t = self.trainer
+            self.training_bar.set_postfix(samples=f"{t.stream_sampler.cursor}/{len(t.stream)}",
+                                          TFLOPs=f"{t.ledger.total / 1e12:.3f}", refresh=False)
