@@ -92,6 +92,7 @@ class FlopsProfiler:
         self.blocks = blocks
         self.loss_fn = loss_fn
         self.cache: dict[tuple, StepCost] = {}
+        self.measuring = False  # True while a measurement pass runs: method hooks must not update statistics
         self._block_names = [f"{type(model).__name__}.{name}" for name in blocks.names]
 
     def cost(self, inputs: Mapping[str, Any]) -> StepCost:
@@ -103,6 +104,7 @@ class FlopsProfiler:
     def measure(self, inputs: Mapping[str, Any]) -> StepCost:
         was_training = self.model.training
         self.model.train()
+        self.measuring = True
         with _side_effect_free(self.model), torch.enable_grad():
             with FlopCounterMode(display=False) as counter:
                 loss = self.loss_fn(self.model, dict(inputs))
@@ -119,6 +121,7 @@ class FlopsProfiler:
                     torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
                 backward.append(float(counter.get_total_flops()))
             del loss
+        self.measuring = False
         self.model.train(was_training)
         return StepCost(forward, tuple(backward), block_forward)
 
