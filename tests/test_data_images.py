@@ -246,5 +246,6 @@ def test_collator_pad_channels_resize_normalise():
 def test_collator_on_real_dataset_rows():
     train, _ = load_digits_dataset()
     batch = ImageCollator(channels=3)([train[i] for i in range(4)])
-    assert batch["pixel_values"].shape == (4, 3, 8, 8) and 0 <= batch["pixel_values"].min() <= batch["pixel_values"].max() <= 1
+    x = batch["pixel_values"]
+    assert x.shape == (4, 3, 8, 8) and 0 <= x.min() <= x.max() <= 1
     assert batch["labels"].tolist() == [train[i]["label"] for i in range(4)]

@@ -21,7 +21,19 @@ from hf_budgetcl.models import (
 )
 
 # (preset, channels, image size) as the recipes use them
-CASES = [("cifar_resnet32", 3, 32), ("fmd5_resnet", 1, 28), ("digits_resnet", 1, 8), ("tiny_vit", 1, 8), ("tiny_resnet", 3, 16)]
+CASES = [
+    ("cifar_resnet32", 3, 32), ("fmd5_resnet", 1, 28), ("digits_resnet", 1, 8),
+    ("tiny_vit", 1, 8), ("tiny_resnet", 3, 16),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models gain nothing from intra-op threads; on a busy 2-core box OpenMP spinning made one test 20x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _n_params(model: nn.Module) -> int:
@@ -37,7 +49,8 @@ def test_presets_forward_backward_and_auto_round_trip(tmp_path, name, channels, 
     assert isinstance(out, ModelOutput) and out.logits.shape == (4, 5)
     if isinstance(model, CifarResNetForImageClassification):
         assert isinstance(out, ImageClassifierOutputWithNoAttention)
-    assert torch.isfinite(out.loss) and abs(out.loss.item() - nn.functional.cross_entropy(out.logits, y).item()) < 1e-6
+    assert torch.isfinite(out.loss)
+    assert abs(out.loss.item() - nn.functional.cross_entropy(out.logits, y).item()) < 1e-6
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -106,7 +119,8 @@ def test_overrides_and_checkpoint_loading(tmp_path):
     resnet20 = build_image_classifier("cifar_resnet32", num_labels=10, num_channels=3, image_size=32, depths=(3, 3, 3))
     assert len(resnet20.blocks) == 9
     vit = build_image_classifier("tiny_vit", num_labels=3, num_channels=1, image_size=8, num_hidden_layers=2)
-    assert vit.config.num_hidden_layers == 2 and len(vit.vit.layers) == 2 and vit.config.patch_size == 4 and vit.config.hidden_size == 64
+    assert vit.config.num_hidden_layers == 2 and len(vit.vit.layers) == 2
+    assert vit.config.patch_size == 4 and vit.config.hidden_size == 64
 
     src = build_image_classifier("fmd5_resnet", num_labels=10, num_channels=1, image_size=28)
     src.save_pretrained(tmp_path / "ck")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections import Counter
@@ -213,3 +214,21 @@ def test_max_length_truncates_text_but_never_images(processor, small):
     with pytest.raises(ValueError, match="image tokens"):
         VLMInstructionCollator(processor, max_length=2, pad_to_multiple_of=None)(rows)
 
+
+
+def test_eos_is_appended_when_the_template_closes_no_turn(small):
+    # The template of the offline reference (§5.4): no end-of-turn token and a trailing space.
+    processor = copy.copy(make_tiny_llava(["what color is it? red"])[1])
+    processor.chat_template = (
+        "{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+        "{% if c['type']=='image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+    collator = VLMInstructionCollator(processor)
+    rows = _rows(small, 4)
+    full, prompt = collator.full_text(rows[0])
+    assert full == prompt + " " + rows[0]["answer"] + "</s>"
+    batch = collator(rows)
+    for i, row in enumerate(rows):
+        supervised = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX]
+        assert collator.tokenizer.decode(supervised) == " " + row["answer"] + "</s>"

@@ -192,12 +192,15 @@ def load_idx_dataset(
     ``per_class`` keeps the first n images of each class in file order.
     """
     images, labels = read_idx(images_path), read_idx(labels_path)
+    img_name, lbl_name = os.fspath(images_path), os.fspath(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"corrupt idx file {os.fspath(images_path)!r}: expected uint8 (N, H, W), got {images.dtype} {images.shape}")
+        raise ValueError(f"corrupt idx file {img_name!r}: expected uint8 (N, H, W), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"corrupt idx file {os.fspath(labels_path)!r}: expected {len(images)} integer labels, got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"corrupt idx file {lbl_name!r}: expected {len(images)} integer labels, got {labels.dtype} {labels.shape}"
+        )
     if (labels < 0).any():
-        raise ValueError(f"corrupt idx file {os.fspath(labels_path)!r}: negative labels")
+        raise ValueError(f"corrupt idx file {lbl_name!r}: negative labels")
     keep = _first_per_class(labels, per_class)
     return arrays_to_dataset(images[keep][:, None], labels[keep], label_names)
 
@@ -208,7 +211,8 @@ def _fashion_mnist_root(root: str | os.PathLike | None) -> str:
     if os.environ.get("FASHION_MNIST_DIR"):
         return os.environ["FASHION_MNIST_DIR"]
     try:  # where Debian's dataset-fashion-mnist put the files
-        out = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, check=False).stdout
+        cmd = ["dpkg", "-L", "dataset-fashion-mnist"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
         for line in out.split():
             if line.endswith("train-images-idx3-ubyte.gz"):
                 return os.path.dirname(line)
@@ -223,8 +227,8 @@ def _find_idx(root: str, stem: str) -> str:
         if os.path.isfile(os.path.join(root, name)):
             return os.path.join(root, name)
     raise FileNotFoundError(
-        f"Fashion-MNIST file {stem}[.gz] not found in {root!r}: install it with `apt-get install dataset-fashion-mnist`"
-        " or set FASHION_MNIST_DIR (or root=) to a directory holding the idx files"
+        f"Fashion-MNIST file {stem}[.gz] not found in {root!r}: install it with"
+        " `apt-get install dataset-fashion-mnist` or set FASHION_MNIST_DIR (or root=) to a directory of idx files"
     )
 
 
@@ -330,7 +334,7 @@ def _convert_split(
         if size is None:
             size = tuple(arr.shape[1:])  # type: ignore[assignment]
         elif arr.shape[1:] != tuple(size):
-            raise ValueError(f"images in {where} have different sizes ({tuple(size)} vs {arr.shape[1:]}); pass image_size=")
+            raise ValueError(f"images in {where} differ in size ({tuple(size)} vs {arr.shape[1:]}); pass image_size=")
         images.append(arr)
         labels.append(int(label))
     if not images:
@@ -371,12 +375,15 @@ def load_image_dataset(
         raise ValueError(f"split {split_train!r} not found in {name_or_path!r}; available splits: {splits}")
     size = (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
 
-    train, skipped = _convert_split(get(split_train), f"{name_or_path!r}[{split_train}]", image_column, label_column, size, channels)
+    train, skipped = _convert_split(
+        get(split_train), f"{name_or_path!r}[{split_train}]", image_column, label_column, size, channels
+    )
     # the test split must match the train images' shape exactly
     c, h, w = train.features["pixel_values"].shape
     test: Dataset | None = None
     if split_test is not None and split_test in splits:
-        test, n = _convert_split(get(split_test), f"{name_or_path!r}[{split_test}]", image_column, label_column, (h, w), c)
+        where = f"{name_or_path!r}[{split_test}]"
+        test, n = _convert_split(get(split_test), where, image_column, label_column, (h, w), c)
         skipped += n
     elif split_test is not None and test_fraction is not None:
         images, labels = dataset_arrays(train)

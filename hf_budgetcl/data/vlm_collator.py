@@ -122,7 +122,9 @@ class VLMInstructionCollator:
     """Turn ``{"image", "question", "answer"}`` rows into model inputs with answer-only ``labels``.
 
     Sequences are right-padded to a multiple of ``pad_to_multiple_of`` (few distinct shapes keep shape-keyed
-    FLOPs caches small) and cut to ``max_length`` (never inside the image tokens, which precede the text).
+    FLOPs caches small) and cut to ``max_length`` (never inside the image tokens, which precede the text; a
+    ValueError if it would). ``family``: ``"auto"`` (from the processor class), ``"llava"``, ``"qwen2_vl"`` (adds
+    ``mm_token_type_ids`` if the processor did not) or ``"generic"`` (any processor taking ``images=``/``text=``).
     """
 
     def __init__(
@@ -147,7 +149,7 @@ class VLMInstructionCollator:
         self.image_token_id: int | None = getattr(processor, "image_token_id", None)
         if self.image_token_id is None and image_token:
             self.image_token_id = self.tokenizer.convert_tokens_to_ids(image_token)
-        self._specials = [t for t in self.tokenizer.all_special_tokens if t != self.tokenizer.pad_token]
+        self._specials = list(self.tokenizer.all_special_tokens)
 
     # -- prompt building ---------------------------------------------------------------------------------------
     def messages(self, row: Mapping[str, Any], with_answer: bool) -> list[dict[str, Any]]:
@@ -162,7 +164,7 @@ class VLMInstructionCollator:
         return self.processor.apply_chat_template(self.messages(row, False), add_generation_prompt=True, tokenize=False)
 
     def full_text(self, row: Mapping[str, Any]) -> tuple[str, str]:
-        """``(full conversation, completion)``: the completion is what gets supervised."""
+        """``(full conversation, prompt)``; the text after the prompt (answer + end of turn) is what gets supervised."""
         prompt = self.prompt_text(row)
         full = self.processor.apply_chat_template(self.messages(row, True), tokenize=False).rstrip()
         completion = full[len(prompt) :] if full.startswith(prompt) else None

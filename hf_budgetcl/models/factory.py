@@ -99,5 +99,8 @@ def _load_error(name: str, err: Exception) -> Exception:
     """One-line error naming the checkpoint; keeps OSError (missing/offline) apart from ValueError (unsupported)."""
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     where = "local directory" if os.path.isdir(name) else "Hub name (offline?) or missing path"
-    msg = f"cannot build image classifier {name!r}: not a preset ({', '.join(PRESETS)}); loading it as a {where} failed: {first}"
+    msg = (
+        f"cannot build image classifier {name!r}: not a preset ({', '.join(PRESETS)});"
+        f" loading it as a {where} failed: {first}"
+    )
     return OSError(msg) if isinstance(err, OSError) else ValueError(msg)

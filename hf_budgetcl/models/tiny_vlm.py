@@ -16,6 +16,7 @@ Two families:
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -259,14 +260,27 @@ def load_processor(model_name_or_path: str | os.PathLike) -> Any:
     return AutoProcessor.from_pretrained(model_name_or_path)
 
 
+def _drop_matmul8bit_cast(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _silence_matmul8bit_cast_warning() -> None:
+    """bnb logs (logging, not warnings) that fp32 inputs are cast to fp16 on *every* 8-bit matmul."""
+    for name in ("bitsandbytes.autograd._functions", "py.warnings"):
+        log = logging.getLogger(name)
+        if _drop_matmul8bit_cast not in log.filters:
+            log.addFilter(_drop_matmul8bit_cast)
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")  # older bnb versions used warnings.warn
+
+
 def load_vlm(
     model_name_or_path: str | os.PathLike, quantization: str | None = None, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, Any]:
     """Load ``(model, processor)`` from a local directory or Hub name (never ``trust_remote_code``).
 
     ``quantization``: None, ``"4bit"`` (NF4, double quantisation) or ``"8bit"``, through ``BitsAndBytesConfig`` and
-    ``device_map="cpu"`` (bitsandbytes ≥ 0.50 runs on CPU). Only linear layers of the language model and the
-    vision tower are quantised; ``lm_head`` stays in full precision.
+    ``device_map="cpu"`` (bitsandbytes ≥ 0.50 runs on CPU). Every linear layer but ``lm_head`` is quantised,
+    the vision tower's included. ``FlopCounterMode`` does not see bitsandbytes matmuls: count those analytically.
     """
     kwargs: dict[str, Any] = {}
     if dtype is not None:
@@ -281,8 +295,7 @@ def load_vlm(
             )
         elif quantization == "8bit":
             qconfig = BitsAndBytesConfig(load_in_8bit=True)
-            # bnb casts fp32 inputs to fp16 on every 8-bit matmul and warns each time.
-            warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+            _silence_matmul8bit_cast_warning()
         else:
             raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
         kwargs.update(quantization_config=qconfig, device_map="cpu")

@@ -50,12 +50,23 @@ def make_parser() -> ConfigParser:
 def load_data(data_args: DataArguments):
     from ..data.images import load_digits_dataset, load_fashion_mnist, load_image_dataset
 
-    if data_args.dataset == "digits":
-        return load_digits_dataset()
     if data_args.dataset == "fashion_mnist":
         return load_fashion_mnist(data_args.data_dir, data_args.per_class_train, data_args.per_class_test)
-    return load_image_dataset(data_args.dataset, image_column=data_args.image_column,
-                              label_column=data_args.label_column)
+    if data_args.dataset == "digits":
+        train, test = load_digits_dataset()
+    else:
+        train, test = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
+                                         label_column=data_args.label_column)
+    return first_per_class(train, data_args.per_class_train), first_per_class(test, data_args.per_class_test)
+
+
+def first_per_class(dataset, n: int | None):
+    """The first ``n`` rows of each class, in dataset order (all rows when ``n`` is None)."""
+    if dataset is None or n is None:
+        return dataset
+    from ..data.images import _first_per_class
+
+    return dataset.select(_first_per_class(np.asarray(dataset["label"]), n))
 
 
 def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> StreamOrder:
