@@ -15,6 +15,7 @@ Only public, overridable Trainer methods and callbacks are used:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from .blocks import find_blocks
 from .budget import FlopsLedger, FlopsProfiler, MemoryBudget, model_bytes, optimizer_state_bytes
 from .config import BudgetedCLConfig
 from .evaluation import AnytimeSchedule, ClassificationEvaluator, CurvePoint, Evaluator, summarize_curve
-from .freezing import FreezingPolicy, make_freezing_policy
+from .freezing import FreezingPolicy, NoFreezing, make_freezing_policy
 from .memory import EpisodicMemory
 from .methods import ContinualMethod, get_method
 from .sampler import BatchRecord, OnlineStreamSampler
@@ -85,7 +86,7 @@ class BudgetedCLTrainer(Trainer):
             **kwargs,
         )
         self.stream = stream
-        self.method = method or get_method(args.method)
+        self.method = method or get_method(args.method, config=args)
         self.blocks = find_blocks(self.model)
         self.freezing: FreezingPolicy = make_freezing_policy(args.freeze or self.method.freeze, self.blocks, args)
         self.world_size = self.accelerator.num_processes
@@ -163,19 +164,26 @@ class BudgetedCLTrainer(Trainer):
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
         cost = self.profiler.cost(inputs)
-        with self.compute_loss_context_manager():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if not torch.isfinite(loss.detach()).all():
-            # A non-finite loss would poison the weights and the Fisher/similarity statistics: skip the update.
-            self.skipped_nonfinite += 1
-            warnings.warn(f"non-finite loss at iteration {self.ledger.steps}: batch skipped", stacklevel=2)
-            self.ledger.charge("train_forward", cost.forward * self.world_size)
-            self._last_step_flops = cost.forward * self.world_size
-            return loss.detach()
-        n_frozen = self.freezing.decide(self, model, inputs, outputs, cost)
-        if self.current_gradient_accumulation_steps > 1:
-            loss = loss / self.current_gradient_accumulation_steps
-        self.backward_unfrozen(loss, model, n_frozen)
+        # With freezing under DDP the reducer cannot know which gradients will come (the decision follows the
+        # forward), so forward and backward run unsynchronised and the unfrozen suffix is all-reduced by hand.
+        sync_by_hand = self.world_size > 1 and not isinstance(self.freezing, NoFreezing)
+        with self.accelerator.no_sync(model) if sync_by_hand else contextlib.nullcontext():
+            with self.compute_loss_context_manager():
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=num_items_in_batch)
+            if not torch.isfinite(loss.detach()).all():
+                # A non-finite loss would poison the weights and the Fisher/similarity statistics: skip the update.
+                self.skipped_nonfinite += 1
+                warnings.warn(f"non-finite loss at iteration {self.ledger.steps}: batch skipped", stacklevel=2)
+                self.ledger.charge("train_forward", cost.forward * self.world_size)
+                self._last_step_flops = cost.forward * self.world_size
+                return loss.detach()
+            n_frozen = self.freezing.decide(self, model, inputs, outputs, cost)
+            if self.current_gradient_accumulation_steps > 1:
+                loss = loss / self.current_gradient_accumulation_steps
+            self.backward_unfrozen(loss, n_frozen)
+        if sync_by_hand:
+            self.all_reduce_gradients(self.blocks.trainable_from(n_frozen))
         spent = self.ledger.total
         self.ledger.charge_step(cost, n_frozen, scale=self.world_size)
         for item, flops in self.method.extra_flops_per_iteration(self, self.global_batch_size).items():
@@ -186,27 +194,25 @@ class BudgetedCLTrainer(Trainer):
         self.frozen_counts[n_frozen] += 1
         return loss.detach()
 
-    def backward_unfrozen(self, loss: torch.Tensor, model: torch.nn.Module, n_frozen: int) -> None:
+    def backward_unfrozen(self, loss: torch.Tensor, n_frozen: int) -> None:
         """Backward through the unfrozen suffix only: frozen blocks get neither weight nor input gradients."""
         if n_frozen == 0:
             self.accelerator.backward(loss)
-            return
-        params = self.blocks.trainable_from(n_frozen)
-        if self.world_size == 1:
-            self.accelerator.backward(loss, inputs=params)
-            return
-        # DDP's reducer waits for every parameter; reduce the unfrozen gradients ourselves instead.
-        with self.accelerator.no_sync(model):
-            self.accelerator.backward(loss, inputs=params)
+        else:
+            self.accelerator.backward(loss, inputs=self.blocks.trainable_from(n_frozen))
+
+    def all_reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` over processes in one flat all-reduce."""
         grads = [p.grad for p in params if p.grad is not None]
-        if grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= self.world_size
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def floating_point_ops(self, inputs) -> int:
         """Trainer's ``total_flos`` becomes the measured training FLOPs of each step (all ranks together)."""
