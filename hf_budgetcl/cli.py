@@ -1,6 +1,7 @@
 """``hf-budgetcl``: run a recipe from a YAML config, with any key overridable on the command line.
 
     hf-budgetcl run --config recipes/configs/digits_er.yaml --method replay --seed 2 --output_dir out/
+    hf-budgetcl push out/ user/digits-er [--private] [--token hf_...]
 """
 
 from __future__ import annotations
@@ -42,14 +43,41 @@ def run_guarded(fn: Callable[[], object]) -> int:
     return 0
 
 
+def push_main(argv: Sequence[str]) -> int:
+    """``hf-budgetcl push <output_dir> <repo_id>``: upload a finished run (model, processor, card, results)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import HubUnreachableError, push_output_dir
+
+    parser = argparse.ArgumentParser(prog="hf-budgetcl push", description="Upload a finished run to the Hub.")
+    parser.add_argument("output_dir", help="output_dir of a finished run (holds README.md and results.json)")
+    parser.add_argument("repo_id", help="Hub model repository, e.g. user/digits-er")
+    parser.add_argument("--private", action="store_true", default=None, help="create the repository as private")
+    parser.add_argument("--token", default=None, help="Hub token with write access (default: the cached login)")
+    args = parser.parse_args(list(argv))
+    try:
+        commit = push_output_dir(args.output_dir, args.repo_id, token=args.token, private=args.private)
+    except FileNotFoundError as err:
+        print(f"hf-budgetcl: error: {err}", file=sys.stderr)
+        return 2
+    except (HubUnreachableError, HfHubHTTPError) as err:
+        print(f"hf-budgetcl: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(commit.commit_url)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(prog="hf-budgetcl", description=__doc__.splitlines()[0])
-    top.add_argument("command", choices=["run"], help="run: train and evaluate one configuration")
+    top.add_argument("command", choices=["run", "push"],
+                     help="run: train and evaluate one configuration; push: upload a finished run to the Hub")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "push":
+        return push_main(rest)
     if command != "run":
         top.parse_args([command])  # argparse prints the usage error and exits 2
     return run_guarded(lambda: _recipe_main(recipe_of(rest))(rest))

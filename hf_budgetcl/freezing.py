@@ -117,7 +117,8 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
         if self._head_weight is None:
             self._head_weight = _head_weight(model, logits.shape[-1])
         s_b, self.info_mean = batch_informativeness(
-            logits, labels, self._head_weight.detach(), self.info_mean, ema=self.informativeness_ema
+            logits, labels, self._head_weight.detach(), self.info_mean, ema=self.informativeness_ema,
+            updates=self.steps - 1,
         )
         rows = int((labels != -100).sum())
         dim, classes = self._head_weight.shape[1], logits.shape[-1]

@@ -160,6 +160,7 @@ def batch_informativeness(
     ema: float = 0.001,
     ignore_index: int = -100,
     chunk_rows: int = 4096,
+    updates: int | None = None,
 ) -> tuple[float, float]:
     """Batch informativeness ``s_b`` and the updated running mean ``m`` (reference section 4).
 
@@ -174,6 +175,10 @@ def batch_informativeness(
     ``logits`` may be ``(B, C)`` or ``(B, T, V)`` (language models: rows = supervised tokens). For causal
     LMs the caller passes already-aligned tensors (``logits[:, :-1]`` with ``labels[:, 1:]``).
     Rows are processed ``chunk_rows`` at a time in float32 to bound the ``rows x V`` probability buffer.
+
+    With ``updates = k`` (the number of earlier updates of ``m``) the mean is bias-corrected as in Adam,
+    ``s_b = g / (m / (1 - (1 - ema)^k) + 1e-10)``, and ``s_b = 1`` when ``k = 0``; without it ``m`` starts at 0 and
+    ``s_b`` is inflated by ``1 / (1 - (1 - ema)^k)``, the reference code's accidental warm-up.
 
     Degenerate cases: no supervised row -> ``(0.0, m)`` (nothing to learn, m untouched); non-finite
     ``g`` -> ``(nan, m)`` (m untouched; :func:`select_frozen_prefix` then freezes nothing).
@@ -202,7 +207,12 @@ def batch_informativeness(
     g_val = float(g.item())
     if not np.isfinite(g_val):
         return float("nan"), m
-    s_b = g_val / (m + 1e-10)
+    if updates is None:
+        s_b = g_val / (m + 1e-10)
+    elif updates == 0:
+        s_b = 1.0
+    else:
+        s_b = g_val / (m / (1.0 - (1.0 - ema) ** updates) + 1e-10)
     return s_b, m + ema * (g_val - m)
 
 

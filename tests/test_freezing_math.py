@@ -322,3 +322,14 @@ def test_backward_saved_per_block():
 def test_backward_saved_feeds_selection():
     # BWD(n) = [6, 4, 2, 0] -> BF = [2, 2, 2] = case A's BF
     assert select_frozen_prefix([1.0, 2.0, 4.0], [1.0] * 3, backward_saved_per_block([6, 4, 2, 0]), 1.0) == 1
+
+
+def test_batch_informativeness_bias_correction_hand_computed():
+    # logits (1,2) = [0, 0], label 0, W = [[1], [0]]: p = [.5, .5], p - Y = [-.5, .5], G = -.5, g = 0.25
+    logits, labels, W = torch.zeros(1, 2), torch.tensor([0]), torch.tensor([[1.0], [0.0]])
+    s0, m1 = batch_informativeness(logits, labels, W, 0.0, ema=0.5, updates=0)
+    assert s0 == 1.0 and m1 == pytest.approx(0.125)  # no history: neutral
+    s1, _ = batch_informativeness(logits, labels, W, m1, ema=0.5, updates=1)
+    assert s1 == pytest.approx(0.25 / (0.125 / 0.5))  # debiased mean 0.25: the same batch scores 1
+    raw, _ = batch_informativeness(logits, labels, W, m1, ema=0.5)
+    assert raw == pytest.approx(2.0)  # uncorrected: inflated by 1 / (1 - 0.5)

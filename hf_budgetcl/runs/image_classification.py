@@ -92,6 +92,7 @@ def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> St
 def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedCLConfig):
     from transformers import set_seed
 
+    from ..data.image_processing import image_processor_for
     from ..data.images import ImageCollator, sample_nbytes
     from ..models import build_image_classifier
     from ..trainer import BudgetedCLTrainer
@@ -100,6 +101,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     train, test = load_data(data_args)
     if "label" not in train.column_names:
         raise ValueError(f"label_column: the dataset has no label column (columns: {', '.join(train.column_names)})")
+    train.info.dataset_name = data_args.dataset  # named in the model card and its model-index
     stream = make_stream(config, train, data_args)
     channels, height = np.asarray(train[0]["pixel_values"]).shape[:2]
     image_size = model_args.image_size or height + 2 * model_args.pad
@@ -118,6 +120,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         stream=stream,
         sample_nbytes=sample_nbytes,
         data_collator=collator,
+        # saved next to the model, so AutoImageProcessor reproduces the collator's preprocessing
+        processing_class=image_processor_for(collator, np.asarray(train[0]["pixel_values"]).shape),
     )
     trainer.train()
     stream.to_json(os.path.join(config.output_dir, "stream.json"))

@@ -1,0 +1,335 @@
+"""Hub-ready outputs: a model card that carries the budget, and the upload of a run's output directory.
+
+* :func:`build_model_card` renders ``templates/model_card.md`` (source: ``model_cards/budgetcl_model_card.md``) with
+  ``huggingface_hub.ModelCardData`` and one ``EvalResult`` each for A_AUC and A_last, so the Hub (and
+  ``huggingface_hub.metadata_load`` / ``model_index_to_eval_results``) read the anytime metrics from the model-index.
+* :func:`write_trainer_model_card` is what ``BudgetedCLTrainer.create_model_card`` runs: at the end of ``train()``
+  and inside ``Trainer.push_to_hub``.
+* :func:`push_output_dir` uploads weights, config, processor files, ``README.md`` and ``results.json`` in one commit;
+  it never skips silently: offline or unreachable Hub raises :class:`HubUnreachableError`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata
+import math
+import os
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import OfflineModeIsEnabled
+
+__all__ = [
+    "CITATION",
+    "HubUnreachableError",
+    "PUSH_PATTERNS",
+    "build_model_card",
+    "framework_versions",
+    "hyperparameters",
+    "push_output_dir",
+    "template_path",
+    "write_trainer_model_card",
+]
+
+CITATION = """@inproceedings{seo2025budgeted,
+  title     = {Budgeted Online Continual Learning by Adaptive Layer Freezing and Frequency-based Sampling},
+  author    = {Seo, Minhyuk and Koh, Hyunseo and Choi, Jonghyun},
+  booktitle = {The Thirteenth International Conference on Learning Representations (ICLR)},
+  year      = {2025},
+  eprint    = {2410.15143},
+  archivePrefix = {arXiv},
+  url       = {https://arxiv.org/abs/2410.15143}
+}"""
+
+#: Files of an output directory that make a loadable checkpoint plus its card (top level only: no checkpoints).
+PUSH_PATTERNS = (
+    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+    "tokenizer.model", "chat_template.jinja", "chat_template.json", "README.md", "results.json", "stream.json",
+)
+FRAMEWORKS = ("hf_budgetcl", "transformers", "torch", "accelerate", "peft", "datasets", "huggingface_hub")
+# Always listed in the card, default or not: they define the budget and the method.
+KEY_ARGUMENTS = (
+    "method", "freeze", "online_iter", "per_device_train_batch_size", "learning_rate", "optim", "memory_size",
+    "memory_budget_bytes", "count_optimizer_state", "flops_budget", "flops_budget_per_sample", "eval_period", "seed",
+)
+# Not hyper-parameters: paths, logging, credentials.
+_SKIP_ARGUMENTS = {"output_dir", "run_name", "report_to", "disable_tqdm", "push_to_hub"}
+_SKIP_PREFIXES = ("logging_", "hub_", "save_")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face Hub cannot be reached (offline mode or no network): nothing was uploaded."""
+
+
+def template_path() -> str:
+    """Path of the card template shipped in the package."""
+    return str(files("hf_budgetcl") / "templates" / "model_card.md")
+
+
+def framework_versions() -> dict[str, str]:
+    """Installed versions of the libraries a checkpoint depends on ("not installed" where absent)."""
+    out = {}
+    for name in FRAMEWORKS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def hyperparameters(config: Any) -> dict[str, Any]:
+    """:data:`KEY_ARGUMENTS` plus every other argument of ``config`` that differs from its class defaults."""
+    if config is None:
+        return {}
+    values = config.to_dict()
+    try:  # the budget needs *some* memory bound to validate; memory_size is listed anyway
+        defaults = type(config)(output_dir=config.output_dir, memory_size=1).to_dict()
+    except (TypeError, ValueError):
+        defaults = values
+    skip = {k for k in values if k in _SKIP_ARGUMENTS or k.startswith(_SKIP_PREFIXES) or k.endswith("_token")}
+    keep = {k: v for k, v in values.items() if k in KEY_ARGUMENTS or (v != defaults.get(k) and k not in skip)}
+    return dict(sorted(keep.items()))
+
+
+def _fmt_flops(x: float | None) -> str:
+    return "unlimited" if x is None else f"{x:.4g}"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f} %"
+
+
+def _budget_rows(results: dict[str, Any]) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(FLOPs rows, memory rows) of the card's budget tables."""
+    budget = results.get("flops_budget")
+    used = results["train_flops"]
+    share = f" ({100 * used / budget:.1f} %)" if budget else ""
+    flops = [("training FLOPs", _fmt_flops(used) + share, _fmt_flops(budget))]
+    flops += [(f"  {item}", _fmt_flops(v), "") for item, v in results.get("flops_items", {}).items()]
+    flops += [
+        ("backward FLOPs saved by freezing", _pct(results.get("backward_flops_saved_fraction", 0.0)), ""),
+        ("iterations", f"{results['iterations']} (batch {results['batch_size']}, online_iter {results['online_iter']})",
+         f"stopped by {results['stopped_by']}"),
+        ("samples seen", f"{results['samples_seen']} of {results['stream']['length']}", ""),
+    ]
+    mem = dict(results["memory_bytes"])
+    total = mem.pop("total")
+    memory = [(item + (f" ({results.get('memory_slots')} samples)" if item == "replay_samples" else ""), f"{v:,}", "")
+              for item, v in mem.items()]
+    memory.append(("**total**", f"{total:,}", f"{results['memory_budget_bytes']:,}"))
+    return flops, memory
+
+
+def _load_snippet(repo_id: str, task_type: str) -> str:
+    if task_type == "image-classification":
+        return (
+            "import hf_budgetcl.models  # registers hf_budgetcl's architectures (e.g. cifar_resnet) with the Auto classes\n"
+            "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
+            f'processor = AutoImageProcessor.from_pretrained("{repo_id}")\n'
+            f'model = AutoModelForImageClassification.from_pretrained("{repo_id}").eval()\n'
+            'logits = model(**processor(images, return_tensors="pt")).logits'
+        )
+    return (
+        "from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+        f'processor = AutoProcessor.from_pretrained("{repo_id}")\n'
+        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}")'
+    )
+
+
+def build_model_card(
+    results: dict[str, Any],
+    config: Any,
+    model_name: str | None,
+    base_model: str | None,
+    dataset_name: str,
+    task_type: str = "image-classification",
+    tags: list[str] | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+) -> ModelCard:
+    """Render the hf_budgetcl model card of a run.
+
+    Args:
+        results: the run's ``results.json`` dict (:meth:`BudgetedCLTrainer.build_results`).
+        config: the run's :class:`~hf_budgetcl.BudgetedCLConfig` (``None``: no hyper-parameter table).
+        model_name: card title and model-index name (default ``"<method>-<stream kind>"``).
+        base_model: Hub id of the model training started from, if any.
+        dataset_name: the dataset the stream is drawn from (``datasets`` metadata and model-index ``dataset.type``).
+        task_type: ``image-classification`` or ``image-text-to-text``.
+        repo_id: Hub repository shown in the loading snippet (default: ``model_name`` when it is a repo id).
+    """
+    model_name = model_name or f"{results['method']}-{results['stream']['kind']}"
+    stream = results["stream"]
+    params = {k: v for k, v in stream.get("params", {}).items() if k != "seed"}
+    stream_seed = stream.get("params", {}).get("seed", results.get("seed"))
+    scalar_params = {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))}
+    eval_results = [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=dataset_name,
+            dataset_name=f"{dataset_name} ({stream['kind']} stream, seed {stream_seed})",
+            dataset_split="test",
+            dataset_args={"stream": stream["kind"], "length": stream["length"], "seed": stream_seed, **scalar_params},
+            metric_type="accuracy",
+            metric_name=name,
+            metric_value=float(results[key]),
+        )
+        for name, key in (("A_AUC", "A_auc"), ("A_last", "A_last"))
+        if results.get(key) is not None and math.isfinite(results[key])  # a NaN is not a result
+    ]
+    method = results["method"]
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[dataset_name],
+        library_name="transformers",
+        pipeline_tag=task_type,
+        language=language,
+        license=license,
+        tags=list(dict.fromkeys(["hf_budgetcl", "continual-learning", "budgeted-cl", method, *(tags or [])])),
+        eval_results=eval_results or None,
+        # machine-readable budget next to the model-index (sentence-transformers keeps its extras the same way)
+        hf_budgetcl={
+            "method": method,
+            "freeze": results["freeze"]["mode"],
+            "stream": stream["kind"],
+            "stream_length": stream["length"],
+            "stream_seed": stream_seed,
+            "train_flops": results["train_flops"],
+            "flops_budget": results.get("flops_budget"),
+            "memory_bytes": results["memory_bytes"]["total"],
+            "memory_budget_bytes": results["memory_budget_bytes"],
+        },
+    )
+    flops_rows, memory_rows = _budget_rows(results)
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path(),
+        model_name=model_name,
+        base_model=base_model,
+        dataset_name=dataset_name,
+        method=method,
+        freeze_mode=results["freeze"]["mode"],
+        stream={"kind": stream["kind"], "length": stream["length"], "seed": stream_seed, "params": params},
+        n_evaluations=len(results.get("curve", [])),
+        accuracy={k: _pct(results.get(k)) for k in ("A_auc", "A_last", "F_last")},
+        flops_rows=flops_rows,
+        memory_rows=memory_rows,
+        hyperparameters=hyperparameters(config),
+        load_snippet=_load_snippet(repo_id or (model_name if _REPO_ID.match(model_name) else f"<user>/{model_name}"),
+                                   task_type),
+        framework_versions=framework_versions(),
+        citation=CITATION,
+    )
+
+
+def _first(value: str | list[str] | None) -> str | None:
+    return value[0] if isinstance(value, (list, tuple)) and value else (value or None)
+
+
+def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
+    """Write the card of a finished run to ``trainer.args.output_dir/README.md``; returns its path.
+
+    Takes ``Trainer.create_model_card``'s keyword arguments: ``model_name`` (default: the Hub repo name or the output
+    directory name), ``finetuned_from`` (default: the model's ``name_or_path`` when it is a Hub id), ``dataset``
+    (default: ``train_dataset.info.dataset_name``), ``tasks`` (default: inferred from the model's main input),
+    ``tags``, ``language``, ``license``. Returns ``None`` before ``train()`` has produced results.
+    """
+    if trainer.results is None:
+        return None
+    args = trainer.args
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name_or_path = getattr(getattr(base, "config", None), "_name_or_path", "") or ""
+    base_model = kwargs.get("finetuned_from") or (
+        name_or_path if _REPO_ID.match(name_or_path) and not os.path.exists(name_or_path) else None
+    )
+    info = getattr(trainer.train_dataset, "info", None)
+    dataset = _first(kwargs.get("dataset")) or getattr(info, "dataset_name", None) or "custom"
+    dataset = Path(dataset).name if os.path.exists(dataset) else dataset  # a local folder: no paths on the Hub
+    task = _first(kwargs.get("tasks")) or (
+        "image-classification" if getattr(base, "main_input_name", "") == "pixel_values" else "image-text-to-text"
+    )
+    repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id  # set by Trainer.init_hf_repo
+    model_name = kwargs.get("model_name") or (repo_id or Path(args.output_dir).absolute().name).split("/")[-1]
+    tags = kwargs.get("tags")
+    card = build_model_card(
+        trainer.results, args, model_name=model_name, base_model=base_model, dataset_name=dataset, task_type=task,
+        tags=[tags] if isinstance(tags, str) else tags, language=kwargs.get("language"), license=kwargs.get("license"),
+        repo_id=repo_id if repo_id and _REPO_ID.match(repo_id) else None,
+    )
+    path = os.path.join(args.output_dir, "README.md")
+    os.makedirs(args.output_dir, exist_ok=True)
+    card.save(path)
+    return path
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return constants.is_offline_mode() or env
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, OfflineModeIsEnabled, TimeoutError]
+    for module in ("httpx2", "httpx"):  # huggingface_hub 2.x uses httpx2, 1.x httpx
+        try:
+            errors.append(__import__(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def push_output_dir(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    api: HfApi | None = None,
+    commit_message: str | None = None,
+):
+    """Upload a run's checkpoint, processor files, ``README.md`` and ``results.json`` to ``repo_id`` in one commit.
+
+    Files are the top-level matches of :data:`PUSH_PATTERNS` (no intermediate checkpoints, no pickled
+    ``training_args.bin``). Returns the ``CommitInfo`` of ``create_commit``.
+
+    Raises:
+        FileNotFoundError: the directory lacks weights, a config, ``README.md`` or ``results.json``.
+        HubUnreachableError: offline mode is on (without an injected ``api``) or the Hub cannot be reached.
+    """
+    root = Path(output_dir)
+    names = sorted(p.name for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+    chosen = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in PUSH_PATTERNS)]
+    missing = [what for what, ok in (
+        ("model weights (*.safetensors)", any(n.endswith(".safetensors") for n in chosen)),
+        ("config.json or adapter_config.json", "config.json" in chosen or "adapter_config.json" in chosen),
+        ("README.md", "README.md" in chosen),
+        ("results.json", "results.json" in chosen),
+    ) if not ok]
+    if missing:
+        raise FileNotFoundError(f"push: {os.fspath(output_dir)!r} is not a finished hf_budgetcl run (missing "
+                                f"{', '.join(missing)})")
+    if api is None and _offline():
+        raise HubUnreachableError(f"push: HF_HUB_OFFLINE is set, so {repo_id!r} cannot be reached and nothing was "
+                                  "uploaded; unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) on a networked machine")
+    api = api or HfApi()
+    operations = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(root / n)) for n in chosen]
+    try:
+        api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
+        return api.create_commit(
+            repo_id, operations, commit_message=commit_message or f"Upload hf_budgetcl run {root.name}",
+            token=token, repo_type="model",
+        )
+    except _transport_errors() as err:
+        raise HubUnreachableError(f"push: the Hugging Face Hub is unreachable ({type(err).__name__}: {err}); "
+                                  "nothing was uploaded") from err
+

@@ -1,0 +1,131 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hf_budgetcl.blocks import BlockPartition
+from hf_budgetcl.budget import StepCost
+from hf_budgetcl.freezing import AdaptiveFreezingCallback, StaticFreezing, make_freezing_policy
+from tests.helpers import digits_trainer
+
+
+def _partition(n_blocks=3):
+    params = [[torch.nn.Parameter(torch.ones(2))] for _ in range(n_blocks)]
+    return BlockPartition(names=[f"b{i}" for i in range(n_blocks)], params=params, modules=[None] * n_blocks,
+                          head_params=[torch.nn.Parameter(torch.ones(1))])
+
+
+class _Out:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+def _decide(policy, cost, logits=None):
+    logits = torch.tensor([[2.0, 0.0]]) if logits is None else logits
+    inputs = {"labels": torch.tensor([0])}
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    return policy.decide(None, model, inputs, _Out(logits), cost)
+
+
+COST = StepCost(forward=30.0, backward_by_prefix=(60.0, 40.0, 20.0, 2.0), block_forward=(10.0, 10.0, 10.0))
+
+
+def test_no_freezing_during_warmup_and_on_refresh_steps():
+    policy = AdaptiveFreezingCallback(_partition(), freeze_warmup_steps=2, fisher_update_every=3)
+    policy.fisher[:] = [1e-6, 1e-6, 1.0]
+    policy.fisher_seen[:] = True
+    decisions = [_decide(policy, COST) for _ in range(6)]
+    assert decisions[0] == decisions[1] == 0  # warm-up
+    assert decisions[2] == 0 and decisions[5] == 0  # steps 3 and 6 refresh every Fisher trace
+    assert decisions[3] > 0 and decisions[4] > 0  # uninformative early blocks: freeze them
+
+
+def test_criterion_follows_fisher_per_flop():
+    informative = AdaptiveFreezingCallback(_partition(), freeze_warmup_steps=0, fisher_update_every=100)
+    informative.fisher[:] = [5.0, 5.0, 5.0]  # equal information per backward FLOP everywhere: nothing to gain
+    informative.fisher_seen[:] = True
+    assert _decide(informative, COST) == 0
+    lazy = AdaptiveFreezingCallback(_partition(), freeze_warmup_steps=0, fisher_update_every=100)
+    lazy.fisher[:] = [1e-4, 1e-4, 5.0]
+    lazy.fisher_seen[:] = True
+    assert _decide(lazy, COST) == 2
+
+
+def test_fisher_ema_updates_only_blocks_that_trained():
+    part = _partition()
+    policy = AdaptiveFreezingCallback(part, fisher_ema=0.5)
+    for ps, g in zip(part.params, (1.0, 2.0, 3.0)):
+        ps[0].grad = torch.full((2,), g)
+    policy.on_pre_optimizer_step(None, None, None)
+    assert policy.fisher.tolist() == [2.0, 8.0, 18.0]  # first measurement replaces the zero start
+    policy.last_frozen = 2
+    part.params[0][0].grad = None  # frozen blocks have no gradient
+    part.params[1][0].grad = None
+    part.params[2][0].grad = torch.zeros(2)
+    policy.on_pre_optimizer_step(None, None, None)
+    assert policy.fisher.tolist() == [2.0, 8.0, 9.0]
+
+
+def test_policy_factory_and_static_clamp():
+    part = _partition()
+    assert isinstance(make_freezing_policy("static:9", part, None), StaticFreezing)
+    assert make_freezing_policy("static:9", part, None).n == 3  # the head still trains
+    with pytest.raises(ValueError, match="freeze"):
+        make_freezing_policy("often", part, None)
+
+
+def test_frozen_blocks_and_their_optimizer_state_do_not_move(tmp_path):
+    trainer = digits_trainer(tmp_path, per_class_train=6, freeze="static:2", eval_period=1000)
+    trainer.train()  # Adam has state for every block after this run? No: the prefix never trained
+    trainer2 = digits_trainer(tmp_path / "b", per_class_train=6, freeze="none", eval_period=1000)
+    trainer2.train()  # momentum everywhere
+    frozen = trainer2.blocks.frozen_params(2)
+    before = [p.detach().clone() for p in frozen]
+    moments = [{k: v.clone() for k, v in trainer2.optimizer.state[p].items()} for p in frozen]
+    trainer2.freezing = StaticFreezing(2, trainer2.blocks)
+    trainer2.optimizer.zero_grad()
+    batch = trainer2.data_collator([trainer2.train_dataset[i] for i in range(8)])
+    trainer2.stream_sampler.records.append(trainer2.stream_sampler.compose_batch())
+    trainer2.training_step(trainer2.model, batch)
+    assert all(p.grad is None for p in frozen)
+    trainer2.optimizer.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, frozen))
+    assert all(torch.equal(m[k], trainer2.optimizer.state[p][k]) for m, p in zip(moments, frozen) for k in m)
+    # the optimizer still holds the frozen parameters, so they can train again later
+    held = {id(p) for g in trainer2.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in frozen)
+    assert trainer.results["frozen_blocks_histogram"] == {"2": trainer.results["iterations"]}
+
+
+def test_adaptive_freezing_saves_backward_flops_in_a_real_run(tmp_path):
+    trainer = digits_trainer(tmp_path, per_class_train=20, freeze="adaptive", freeze_warmup_steps=10,
+                             fisher_update_every=4, eval_period=1000)
+    trainer.train()
+    r = trainer.results
+    hist = {int(k): v for k, v in r["frozen_blocks_histogram"].items()}
+    assert sum(hist.values()) == r["iterations"]
+    assert sum(v for k, v in hist.items() if k > 0) > 0
+    assert 0 < r["backward_flops_saved_fraction"] < 1
+    assert r["flops_items"]["freeze_decision"] > 0 and r["flops_items"]["fisher"] > 0
+    assert r["freeze"]["mode"] == "adaptive" and len(r["freeze"]["fisher"]) == len(trainer.blocks)
+
+
+def test_two_process_ddp_ranks_agree(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "tests/ddp_scripts/freeze_ddp.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["world_size"] == 2
+    assert r0["batches"] == r1["batches"] and len(r0["batches"]) > 50
+    assert r0["decisions"] == r1["decisions"] and any(n > 0 for n in r0["decisions"])
+    assert r0["params_sha"] == r1["params_sha"]
+    assert r0["fisher"] == r1["fisher"] and r0["curve"] == r1["curve"]
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())["curve"]) == len(r0["curve"])
