@@ -70,14 +70,21 @@ def push_main(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(prog="hf-budgetcl", description=__doc__.splitlines()[0])
-    top.add_argument("command", choices=["run", "push"],
-                     help="run: train and evaluate one configuration; push: upload a finished run to the Hub")
+    top.add_argument("command", choices=["run", "compare", "push"],
+                     help="run: train and evaluate one configuration; compare: several methods and seeds; "
+                          "push: upload a finished run to the Hub")
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
     command, rest = argv[0], argv[1:]
     if command == "push":
         return push_main(rest)
+    if command == "compare":
+        from .compare import main as compare_main
+
+        status = {"code": 0}
+        code = run_guarded(lambda: status.update(code=compare_main(rest)))
+        return code or status["code"]
     if command != "run":
         top.parse_args([command])  # argparse prints the usage error and exits 2
     return run_guarded(lambda: _recipe_main(recipe_of(rest))(rest))
