@@ -1,0 +1,269 @@
+"""SAR: similarity-aware retrieval (aL-SAR, Seo et al., ICLR 2025, Sec. 3.2; algorithm reference section 8).
+
+Every batch comes from memory. Slot ``i`` (label ``y_i``) is drawn with probability ``p = softmax(-c_hat / T)``,
+without replacement, where the effective use frequency (:func:`~hf_budgetcl.retrieval_math.effective_use_frequency`)
+
+    c_hat_i = (1 - S_{y_i y_i}) u_i + sum_c S_{y_i c} U_c      (own count enters once; optionally / |M|, clamped at 0)
+
+mixes the slot's discounted use count ``u_i`` with the discounted use counts ``U_c`` of the classes whose gradients
+resemble its own (class similarity ``S``). Before ``sar_warmup_samples`` stream arrivals retrieval is class-balanced.
+
+Bookkeeping, all in the sampler (so it runs identically on every rank):
+
+* per retrieval of ``B`` slots: ``u <- (1 - B / (k |M|)) u``, ``U <- (1 - B / (k |M|)) U`` (if ``|M| > B``), draw, then
+  ``u_i += 1`` and ``U_{y_i} += 1`` per retrieved slot;
+* ``u`` lives in ``EpisodicMemory.use_counts``, which the memory keeps aligned with its slots: an evicted slot is
+  deleted with its count and the newcomer is appended with ``u = 0``. ``U`` is *not* decremented on eviction (the
+  reference code's behaviour, algorithm reference section 8.1): a class's count records how much it was rehearsed,
+  not how many of its samples are stored.
+
+Class similarity (training step, :meth:`SAR.extra_loss`): per-sample gradient features taken analytically from the
+last layer. For a linear head ``z = W h + b`` and cross-entropy, ``dL_n / dW[c, d] = (softmax(z_n) - onehot(y_n))_c
+h_{n,d}``; only a fixed seeded subset of ``similarity_coords`` entries ``(c, d)`` is formed (no backward, no per-sample
+gradient of the whole network), clamped to [-1, 1] and fed to the per-class EMAs
+(:func:`~hf_budgetcl.retrieval_math.similarity_ema_update`), from which ``S`` is rebuilt every step. The head is never
+frozen, so all coordinates are always available, also under adaptive freezing. (The reference reads coordinates of
+the residual blocks' second convolutions instead.) In this head space cross-class cosines are mostly negative -- the
+two classes' own logit rows carry opposite signs -- and most so for confusable classes: rehearsing class c then lowers
+``c_hat`` of the classes it interferes with, so they are drawn more. The trainer's DataLoader fetches nothing ahead, so
+the batch of step ``t`` is drawn after step ``t - 1`` has updated ``S`` and the counts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..retrieval_math import (
+    add_uses,
+    class_balanced_draw,
+    class_similarity,
+    count_decay_factor,
+    decay_counts,
+    draw_without_replacement,
+    effective_use_frequency,
+    retrieval_probabilities,
+    similarity_ema_update,
+)
+from .base import ContinualMethod
+
+_DEFAULTS = {
+    "sar_temperature": 0.125,  # ex.sh (config default 2)
+    "sar_decay_k": 4.0,  # ex.sh (config default 2)
+    "sar_warmup_samples": 50,  # corr_warm_up
+    "sar_scale_by_memory": True,  # official code: max(0, c_hat / |M|); T = 0.125 was tuned on this scale
+    "similarity_ema": 0.001,  # alpha of the reference code (used for every image dataset)
+    "similarity_coords": 64,  # fixed total instead of the reference's floor(1e-4 numel) per layer (pitfall 7)
+    "seed": 0,
+}
+
+
+def find_head(model: nn.Module, num_outputs: int) -> nn.Linear:
+    """The Linear mapping penultimate features to the logits (same search as freezing's ``_head_weight``)."""
+    base = getattr(model, "module", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if isinstance(out, nn.Linear) and out.out_features == num_outputs:
+        return out
+    linears = [m for m in base.modules() if isinstance(m, nn.Linear) and m.out_features == num_outputs]
+    if not linears:
+        raise ValueError(f"sar: no output layer with {num_outputs} outputs found")
+    return linears[-1]
+
+
+def head_gradient_features(
+    logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample head-weight gradients of the cross-entropy on coordinates ``(rows[j], cols[j])``, clamped to [-1, 1].
+
+    ``g_n[j] = (softmax(z_n)_{rows[j]} - [y_n = rows[j]]) * h_{n, cols[j]}``: the per-sample (not batch-mean)
+    gradient; cosines ignore the scale but the clamp does not, so the unscaled per-sample form is the one to clamp.
+    """
+    p = torch.softmax(logits.float(), dim=-1)
+    residual = p[:, rows] - (labels[:, None] == rows[None, :]).float()
+    return (residual * features.float()[:, cols]).clamp_(-1.0, 1.0)
+
+
+class SAR(ContinualMethod):
+    """Replay with similarity-aware, frequency-based retrieval; every batch comes from memory."""
+
+    name = "sar"
+    stream_fraction = 0.0
+
+    def __init__(self, config: Any = None, **options: Any):
+        super().__init__(**options)
+
+        def opt(key: str) -> Any:  # explicit option > config field > default
+            return options.get(key, getattr(config, key, _DEFAULTS[key]))
+
+        self.temperature = float(opt("sar_temperature"))
+        self.decay_k = float(opt("sar_decay_k"))
+        self.warmup_samples = int(opt("sar_warmup_samples"))
+        self.scale_by_memory = bool(opt("sar_scale_by_memory"))
+        self.alpha = float(opt("similarity_ema"))
+        self.n_coords = int(opt("similarity_coords"))
+        self.seed = int(opt("seed"))
+        # Per-class state, indexed by label id and grown when a larger label appears.
+        self.class_counts = np.zeros(0)  # U
+        self.known = np.zeros(0, dtype=bool)  # classes introduced so far
+        self.self_sim = np.zeros(0)  # s
+        self.maturity = np.zeros(0)  # a
+        self.class_mean = np.zeros((0, 0))  # gbar, (C, K): K is fixed when the head is found
+        self.S = np.zeros((0, 0))
+        self.coords: np.ndarray | None = None  # (K, 2): (class row, feature column) of the head weight
+        self.similarity_updates = 0  # samples fed to the similarity EMAs
+        self.pending_flops: dict[str, float] = {"sar_retrieval": 0.0, "sar_features": 0.0, "sar_similarity": 0.0}
+        self._head: nn.Module | None = None
+        self._num_outputs = 0
+        self._features: torch.Tensor | None = None
+        self._warned_token_logits = False
+
+    # ---- per-class arrays -------------------------------------------------------------------------------------
+    def _grow(self, n_classes: int) -> None:
+        pad = n_classes - self.class_counts.size
+        if pad <= 0:
+            return
+        self.class_counts = np.pad(self.class_counts, (0, pad))
+        self.known = np.pad(self.known, (0, pad))
+        self.self_sim = np.pad(self.self_sim, (0, pad))
+        self.maturity = np.pad(self.maturity, (0, pad))
+        self.class_mean = np.pad(self.class_mean, ((0, pad), (0, 0)))
+        # A new class has a = 0, so its row of S is 0 after the next rebuild; pad with that value right away
+        # (the reference pads with mean values until the rebuild, one step later).
+        self.S = np.pad(self.S, ((0, pad), (0, pad)))
+
+    def _introduce(self, labels: np.ndarray) -> None:
+        """New classes: gbar = 0, a = 0, s = mean s of the known classes (1 for the first class)."""
+        if labels.size == 0:
+            return
+        self._grow(int(labels.max()) + 1)
+        for c in np.unique(labels):
+            if not self.known[c]:
+                self.self_sim[c] = self.self_sim[self.known].mean() if self.known.any() else 1.0
+                self.known[c] = True
+
+    # ---- retrieval (called by the sampler, identically on every rank) -----------------------------------------
+    def retrieve(self, memory, n: int, rng: np.random.Generator, samples_seen: int) -> np.ndarray:
+        labels = np.asarray(memory.labels, dtype=np.int64)
+        self._introduce(labels)
+        m, c = len(memory), self.class_counts.size
+        factor = count_decay_factor(n, m, self.decay_k)  # B = n: every row of a SAR batch is retrieved
+        memory.use_counts[:] = decay_counts(memory.use_counts, factor).tolist()
+        self.class_counts = decay_counts(self.class_counts, factor)
+        flops = m + c  # the decay
+        if samples_seen < self.warmup_samples:
+            slots = class_balanced_draw(labels, n, rng)
+            flops += 2 * min(n, m)
+        else:
+            c_hat = effective_use_frequency(memory.use_counts, labels, self.class_counts, self.S,
+                                            paper_compat=self.scale_by_memory)
+            slots = draw_without_replacement(retrieval_probabilities(c_hat, self.temperature), n, rng)
+            # S @ U (2C^2), c_hat per slot (4), softmax (4: scale, exp, sum, normalise), sequential draw (2 |M| per
+            # drawn slot: a cumulative sum and a search over the remaining mass).
+            flops += 2 * c * c + 8 * m + 2 * min(n, m) * m
+        self.pending_flops["sar_retrieval"] += flops
+        return slots
+
+    def on_retrieved(self, memory, slots: np.ndarray) -> None:
+        """``u_i += 1`` and ``U_{y_i} += 1`` for every retrieved slot (a slot drawn twice in warm-up counts twice)."""
+        u, self.class_counts = add_uses(memory.use_counts, self.class_counts, slots, memory.labels)
+        memory.use_counts[:] = u.tolist()
+
+    # ---- class similarity (called from compute_loss after the forward) ----------------------------------------
+    def _attach(self, model: nn.Module, num_outputs: int) -> None:
+        """Find the head, hook its input (the penultimate features) and draw the fixed coordinates (seeded)."""
+        try:
+            self._head = find_head(model, num_outputs)
+        except ValueError as err:  # e.g. a tied LM head: retrieval by use frequency only (S = 0), as for ViT
+            warnings.warn(f"{err}: class similarity disabled", stacklevel=2)
+            self._head = nn.Identity()  # marks the set-up as done; never hooked
+            return
+        self._head.register_forward_hook(self._capture)
+        self._num_outputs = num_outputs
+        if self.coords is None:  # else restored from a checkpoint, with its class vectors
+            d = self._head.in_features
+            k = min(self.n_coords, num_outputs * d)
+            flat = np.sort(np.random.default_rng(self.seed).choice(num_outputs * d, size=k, replace=False))
+            self.coords = np.stack([flat // d, flat % d], axis=1)
+            self.class_mean = np.zeros((self.class_counts.size, k))
+
+    def _capture(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._features = args[0].detach()
+
+    def extra_loss(self, trainer: Any, model: nn.Module, inputs: dict, outputs: Any) -> None:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if self._head is None:  # set-up only, also during the profiler's first measurement pass
+            self._attach(model, logits.shape[-1])
+        h, self._features = self._features, None
+        if logits.dim() != 2 and not self._warned_token_logits:
+            self._warned_token_logits = True  # once per run, not per step
+            warnings.warn("sar: per-token logits (a language model): class similarity needs one prediction per "
+                          "sample, so it is off and retrieval uses the use frequencies only (S = 0)", stacklevel=2)
+        profiler = getattr(trainer, "profiler", None)
+        labels = inputs.get("labels")
+        if (getattr(profiler, "measuring", False) or not model.training or labels is None or h is None
+                or logits.dim() != 2 or h.dim() != 2 or h.shape[0] != logits.shape[0]):
+            return None  # measurement pass, evaluation, or not a classifier head: no statistics
+        if self.coords is None:  # similarity disabled
+            return None
+        with torch.no_grad():
+            # Logits and features are forward activations: under AMP they carry no loss scale, so nothing needs to
+            # be unscaled (the reference clamps scaled gradients, pitfall 5). Cast to fp32 inside.
+            rows = torch.as_tensor(self.coords[:, 0], device=logits.device)
+            cols = torch.as_tensor(self.coords[:, 1], device=logits.device)
+            g = head_gradient_features(logits.detach(), h, labels, rows, cols)
+            # Each rank holds its shard of the global batch: gather so every rank applies the same update in the
+            # same (global batch) order and S stays identical across ranks.
+            g, labels = trainer.accelerator.gather((g, labels.detach()))
+        self.update_similarity(g.cpu().numpy(), labels.cpu().numpy(), local_rows=logits.shape[0],
+                               world_size=getattr(trainer, "world_size", 1))
+        return None
+
+    def update_similarity(self, g: np.ndarray, labels: np.ndarray, local_rows: int = 0, world_size: int = 1) -> None:
+        """Feed per-sample features ``g`` (N, K) of classes ``labels`` to the class EMAs, then rebuild ``S``."""
+        keep = labels >= 0  # -100: ignored rows
+        g, labels = g[keep], labels[keep].astype(np.int64)
+        self._introduce(labels)
+        self.class_mean, self.self_sim, self.maturity = similarity_ema_update(
+            self.class_mean, self.self_sim, self.maturity, g, labels, self.alpha
+        )  # rows with NaN/inf are skipped there
+        self.S = class_similarity(self.class_mean, self.self_sim, self.maturity)
+        self.similarity_updates += int(labels.size)
+        n, (c, k) = int(labels.size), self.class_mean.shape
+        # Features: softmax (3 per logit) + subtract and multiply per coordinate; each rank forms its shard's rows.
+        self.pending_flops["sar_features"] += n * (3 * self._num_outputs + 2 * k)
+        # EMAs per sample: gbar (3K), cos(g, gbar) (6K), s and a (6); S: row norms and normalisation (3CK), Gram
+        # matrix (2C^2K), weights (3C^2). Replicated on every rank.
+        self.pending_flops["sar_similarity"] += world_size * (n * (9 * k + 6) + 3 * c * k + 2 * c * c * k + 3 * c * c)
+
+    # ---- accounting -------------------------------------------------------------------------------------------
+    def extra_state_bytes(self, model: nn.Module, num_classes: int) -> dict[str, int]:
+        """float64: U (C), S (C x C), gbar (C x K), s (C), a (C); int64 coordinates (K x 2).
+        (Per-slot counts u live in the memory, as for every method.)"""
+        c, k = int(num_classes), self.n_coords
+        return {"sar_statistics": 8 * (c + c * c + c * k + 2 * c) + 8 * 2 * k}
+
+    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
+        """Everything SAR ran since the last charge (this step's retrieval and similarity update; a skipped
+        non-finite step's work carries over). Retrieval runs in the sampler on every rank: charged world_size times."""
+        world = getattr(trainer, "world_size", 1)
+        out = {k: float(v) * (world if k == "sar_retrieval" else 1) for k, v in self.pending_flops.items()}
+        self.pending_flops = dict.fromkeys(self.pending_flops, 0.0)
+        return out
+
+    # ---- checkpointing ----------------------------------------------------------------------------------------
+    _STATE = ("class_counts", "known", "self_sim", "maturity", "class_mean", "S", "coords", "similarity_updates",
+              "pending_flops")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: getattr(self, k) for k in self._STATE}
+        return {k: (v.copy() if isinstance(v, (np.ndarray, dict)) else v) for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._STATE:
+            if k in state:
+                setattr(self, k, np.array(state[k]) if isinstance(state[k], (list, np.ndarray)) else state[k])

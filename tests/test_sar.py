@@ -1,0 +1,312 @@
+"""SAR / aL-SAR: retrieval statistics, count bookkeeping, similarity features, end-to-end and 2-rank agreement."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hf_budgetcl.memory import EpisodicMemory
+from hf_budgetcl.methods import get_method
+from hf_budgetcl.methods.sar import SAR, head_gradient_features
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def filled_memory(n_slots: int = 40, n_classes: int = 4, seed: int = 0) -> EpisodicMemory:
+    memory = EpisodicMemory(capacity_bytes=n_slots * 10, seed=seed)
+    for i in range(n_slots):
+        memory.add(i, i % n_classes, 10)
+    return memory
+
+
+def sar(**options) -> SAR:
+    return SAR(**{"sar_warmup_samples": 0, **options})
+
+
+# ---- retrieval ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale_by_memory", [True, False])
+def test_rarely_used_slots_are_drawn_more_often(scale_by_memory):
+    memory = filled_memory()
+    method = sar(sar_scale_by_memory=scale_by_memory, sar_decay_k=1e9)  # no decay: the counts stay as set
+    used = np.arange(40) < 20
+    rng = np.random.default_rng(0)
+    hits = np.zeros(40)
+    for _ in range(500):
+        memory.use_counts[:] = np.where(used, 5.0, 0.0).tolist()
+        hits[method.retrieve(memory, 4, rng, samples_seen=1000)] += 1
+    assert hits[~used].mean() > 1.5 * hits[used].mean()
+    # first-draw odds of a rare vs a used slot: exp(5 / (40 T)) = e with c_hat = u / |M|, exp(5 / T) without
+    assert hits.sum() == 2000
+
+
+def test_rehearsed_similar_classes_are_drawn_less():
+    memory = filled_memory()
+    method = sar(sar_decay_k=1e9)
+    method._introduce(np.arange(4))
+    method.class_counts = np.array([200.0, 0.0, 0.0, 0.0])
+    method.S = np.diag([0.5, 0.5, 0.5, 0.5])
+    method.S[0, 1] = method.S[1, 0] = 0.5  # class 1 resembles the heavily rehearsed class 0
+    labels = np.asarray(memory.labels)
+    rng = np.random.default_rng(1)
+    hits = np.zeros(4)
+    for _ in range(300):
+        memory.use_counts[:] = [0.0] * 40
+        np.add.at(hits, labels[method.retrieve(memory, 4, rng, samples_seen=1000)], 1)
+    assert hits[0] < hits[2] / 5 and hits[1] < hits[2] / 5  # exp(-200 * 0.5 / 40 / 0.125) = e^-20
+    assert abs(hits[2] - hits[3]) < 0.2 * hits[2]
+
+
+def test_sar_evens_out_usage_compared_with_uniform_replay():
+    def spread(method) -> float:
+        memory, rng = filled_memory(), np.random.default_rng(2)
+        total = np.zeros(40)
+        for _ in range(200):
+            slots = method.retrieve(memory, 8, rng, samples_seen=1000)
+            method.on_retrieved(memory, slots)
+            np.add.at(total, slots, 1)
+        return total.std()
+
+    assert spread(sar(sar_scale_by_memory=False, sar_temperature=1.0)) < 0.5 * spread(get_method("replay"))
+
+
+def test_draw_is_deterministic_for_a_seed():
+    def run(seed: int) -> list[list[int]]:
+        memory, method = EpisodicMemory(30 * 10, seed=seed), sar(sar_warmup_samples=20)
+        rng = np.random.default_rng(seed)
+        draws = []
+        for t in range(120):  # memory fills, then evicts; warm-up, then SAR
+            memory.add(t, (t // 10) % 6, 10)
+            if len(memory) >= 8:
+                slots = method.retrieve(memory, 8, rng, samples_seen=t + 1)
+                method.on_retrieved(memory, slots)
+                method.S = np.full((method.class_counts.size,) * 2, 0.1)  # a non-trivial similarity
+                draws.append(slots.tolist())
+        return draws
+
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+
+
+def test_warmup_is_class_balanced():
+    memory = EpisodicMemory(100 * 10)
+    for i in range(100):
+        memory.add(i, 0 if i < 90 else 1, 10)  # 90 / 10 imbalance
+    method, rng = sar(sar_warmup_samples=50), np.random.default_rng(3)
+    labels = np.asarray(memory.labels)
+    picks = np.concatenate([labels[method.retrieve(memory, 16, rng, samples_seen=10)] for _ in range(100)])
+    assert abs(picks.mean() - 0.5) < 0.05  # uniform class, then uniform slot
+
+
+# ---- counts --------------------------------------------------------------------------------------------------
+def test_counts_decay_per_iteration_then_grow_by_uses():
+    memory = filled_memory(40, 4)
+    u0 = np.linspace(0, 3.9, 40)
+    memory.use_counts[:] = u0.tolist()
+    method = sar(sar_decay_k=4.0)
+    method._introduce(np.arange(4))
+    method.class_counts = np.array([10.0, 20.0, 0.0, 5.0])
+    slots = method.retrieve(memory, 8, np.random.default_rng(0), samples_seen=1000)
+    factor = 1 - 8 / (4 * 40)  # 0.95
+    np.testing.assert_allclose(memory.use_counts, u0 * factor)
+    np.testing.assert_allclose(method.class_counts, np.array([10.0, 20.0, 0.0, 5.0]) * factor)
+    method.on_retrieved(memory, slots)
+    expected_u = u0 * factor
+    expected_u[slots] += 1
+    expected_U = np.array([10.0, 20.0, 0.0, 5.0]) * factor + np.bincount(np.asarray(memory.labels)[slots], minlength=4)
+    np.testing.assert_allclose(memory.use_counts, expected_u)
+    np.testing.assert_allclose(method.class_counts, expected_U)
+    assert len(set(slots.tolist())) == 8  # without replacement
+
+
+def test_no_decay_while_memory_is_not_larger_than_the_batch():
+    memory = filled_memory(8, 2)
+    memory.use_counts[:] = [1.0] * 8
+    sar().retrieve(memory, 8, np.random.default_rng(0), samples_seen=1000)
+    assert memory.use_counts == [1.0] * 8
+
+
+def test_eviction_resets_the_slot_and_keeps_class_counts():
+    memory = EpisodicMemory(20 * 10, seed=0)
+    method, rng = sar(), np.random.default_rng(0)
+    for i in range(20):
+        memory.add(i, i % 2, 10)
+    for _ in range(5):
+        method.on_retrieved(memory, method.retrieve(memory, 8, rng, samples_seen=1000))
+    U = method.class_counts.copy()
+    assert memory.add(100, 2, 10)  # full: a slot of the largest class is evicted, the newcomer appended
+    assert len(memory.use_counts) == len(memory) == 20
+    assert memory.use_counts[-1] == 0.0 and memory.labels[-1] == 2
+    slots = method.retrieve(memory, 8, rng, samples_seen=1000)  # class arrays grow to the new label
+    assert method.class_counts.shape == (3,) and method.S.shape == (3, 3) and method.known.all()
+    np.testing.assert_allclose(method.class_counts[:2], U * (1 - 8 / (4 * 20)))  # decayed, not decremented
+    assert slots.max() < len(memory)
+
+
+# ---- similarity features -------------------------------------------------------------------------------------
+def test_head_gradient_features_match_autograd():
+    torch.manual_seed(0)
+    head = nn.Linear(6, 4)
+    h = torch.randn(5, 6)
+    y = torch.tensor([0, 3, 1, 1, 2])
+    rows, cols = torch.tensor([0, 1, 3, 3, 2]), torch.tensor([0, 5, 2, 4, 1])
+    got = head_gradient_features(head(h).detach(), h, y, rows, cols)
+    for n in range(5):
+        head.zero_grad()
+        nn.functional.cross_entropy(head(h[n : n + 1]), y[n : n + 1]).backward()
+        np.testing.assert_allclose(got[n], head.weight.grad[rows, cols].clamp(-1, 1), rtol=1e-5, atol=1e-6)
+    big = head_gradient_features(head(h).detach(), 100 * h, y, rows, cols)
+    assert big.abs().max() <= 1.0  # clamped
+
+
+class _Trainer:
+    """What extra_loss reads from a trainer, for a single process."""
+
+    def __init__(self, measuring: bool = False):
+        from accelerate import Accelerator
+
+        self.profiler = type("P", (), {"measuring": measuring})()
+        self.accelerator = Accelerator(cpu=True)
+        self.world_size = 1
+
+
+def _classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+
+
+def test_similarity_updates_from_the_head_and_skips_measurement_and_eval():
+    model, method = _classifier(), sar(similarity_coords=12, similarity_ema=0.1, seed=1)
+    x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
+    run = lambda trainer: method.extra_loss(trainer, model, {"labels": y}, {"logits": model(x)})  # noqa: E731
+    assert run(_Trainer(measuring=True)) is None
+    assert method.coords.shape == (12, 2) and method.similarity_updates == 0  # set up, no statistics
+    model.eval()
+    run(_Trainer())
+    assert method.similarity_updates == 0
+    model.train()
+    run(_Trainer())
+    assert method.similarity_updates == 6
+    assert method.S.shape == (3, 3) and np.isfinite(method.S).all()
+    np.testing.assert_allclose(method.maturity, 1 - 0.9**2)  # two samples per class
+    np.testing.assert_allclose(method.S, method.S.T)
+    assert method.S[0, 0] > 0
+    flops = method.extra_flops_per_iteration(_Trainer(), 6)
+    assert flops["sar_features"] == 6 * (3 * 3 + 2 * 12) and flops["sar_similarity"] > 0
+    assert method.extra_flops_per_iteration(_Trainer(), 6)["sar_features"] == 0  # drained
+
+
+def test_nan_features_do_not_poison_similarity():
+    model, method = _classifier(), sar(similarity_coords=12, similarity_ema=0.1)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
+    x[1] = float("nan")
+    method.extra_loss(_Trainer(measuring=True), model, {"labels": y}, {"logits": model(x)})  # attaches the hook
+    method.extra_loss(_Trainer(), model, {"labels": y}, {"logits": model(x)})
+    assert np.isfinite(method.S).all() and np.isfinite(method.class_mean).all()
+    assert method.maturity[1] == 0  # the NaN row was skipped
+
+
+def test_without_a_linear_head_similarity_is_disabled():
+    model, method = nn.Sequential(nn.Conv1d(1, 3, 5), nn.Flatten()), sar()
+    x, y = torch.randn(4, 1, 5), torch.tensor([0, 1, 2, 0])
+    with pytest.warns(UserWarning, match="class similarity disabled"):
+        method.extra_loss(_Trainer(measuring=True), model, {"labels": y}, {"logits": model(x)})
+    assert method.extra_loss(_Trainer(), model, {"labels": y}, {"logits": model(x)}) is None
+    assert method.similarity_updates == 0 and method.coords is None
+
+
+def test_extra_state_bytes_and_options_from_config(tmp_path):
+    from hf_budgetcl.config import BudgetedCLConfig
+
+    config = BudgetedCLConfig(output_dir=str(tmp_path), method="sar", memory_size=10, use_cpu=True, report_to="none",
+                              sar_temperature=0.5, sar_decay_k=2.0, similarity_coords=64)
+    method = get_method("sar", config=config)
+    assert (method.temperature, method.decay_k, method.n_coords) == (0.5, 2.0, 64)
+    assert method.extra_state_bytes(nn.Linear(2, 2), 10) == {"sar_statistics": 8 * (10 + 100 + 640 + 20) + 8 * 128}
+    assert get_method("alsar").freeze == "adaptive" and get_method("replay+freeze").freeze == "adaptive"
+    assert get_method("replay+freeze").stream_fraction == 0.0 and get_method("er", config=config).name == "er"
+
+
+def test_state_dict_round_trip():
+    memory, method = filled_memory(), sar()
+    method.on_retrieved(memory, method.retrieve(memory, 8, np.random.default_rng(0), samples_seen=1000))
+    method.S = np.eye(4) * 0.3
+    other = sar()
+    other.load_state_dict(method.state_dict())
+    for k in ("class_counts", "known", "S"):
+        np.testing.assert_array_equal(getattr(other, k), getattr(method, k))
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+def _digits_trainer(tmp_path, method: str, **overrides):
+    from hf_budgetcl.config import BudgetedCLConfig
+    from hf_budgetcl.data.images import ImageCollator, load_digits_dataset, sample_nbytes
+    from hf_budgetcl.models import build_image_classifier
+    from hf_budgetcl.stream import disjoint_stream
+    from hf_budgetcl.trainer import BudgetedCLTrainer
+
+    def first(ds, n):
+        y = np.asarray(ds["label"])
+        keep = np.concatenate([np.flatnonzero(y == c)[:n] for c in np.unique(y)])
+        return ds.select(np.sort(keep)).with_format("numpy")
+
+    train, test = load_digits_dataset()
+    train, test = first(train, 15), first(test, 5)
+    config = BudgetedCLConfig(
+        output_dir=str(tmp_path / "out"), method=method, memory_size=50, per_device_train_batch_size=8,
+        eval_period=50, report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1000,
+        sar_warmup_samples=30, freeze_warmup_steps=5, **overrides,
+    )
+    model = build_image_classifier("digits_resnet", num_labels=10, num_channels=1, image_size=8)
+    return BudgetedCLTrainer(model=model, args=config, train_dataset=train, eval_dataset=test,
+                             stream=disjoint_stream(np.asarray(train["label"]), 5, seed=1),
+                             sample_nbytes=sample_nbytes, data_collator=ImageCollator())
+
+
+@pytest.mark.parametrize("method", ["sar", "alsar"])
+def test_end_to_end_digits(tmp_path, method):
+    trainer = _digits_trainer(tmp_path, method)
+    trainer.train()
+    r = trainer.results
+    assert r["method"] == method and r["freeze"]["mode"] == ("adaptive" if method == "alsar" else "none")
+    assert r["iterations"] == 150 - 8 + 1 and r["samples_seen"] == 150
+    assert 0 < r["A_auc"] <= 1
+    items = r["flops_items"]
+    assert all(items[k] > 0 for k in ("sar_retrieval", "sar_features", "sar_similarity"))
+    assert sum(items[k] for k in items if k.startswith("sar_")) < 0.05 * items["train_forward"]
+    assert r["memory_bytes"]["extra:sar_statistics"] > 0
+    m = trainer.method
+    assert m.similarity_updates == 8 * r["iterations"]
+    assert len(trainer.memory.use_counts) == len(trainer.memory) == 50
+    assert np.isfinite(m.S).all() and m.S.shape == (10, 10) and (m.S != 0).any()
+    assert (m.class_counts > 0).all()
+
+
+# ---- two processes -------------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_two_ranks_agree(tmp_path):
+    """sar then alsar in one 2-process gloo launch: same global batches, own shards, identical state and weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(ROOT / "tests/ddp_scripts/sar_ranks.py"),
+           "sar,alsar", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for method in ("sar", "alsar"):
+        a, b = (json.loads((tmp_path / method / f"rank{r}.json").read_text()) for r in (0, 1))
+        assert a["world_size"] == b["world_size"] == 2 and len(a["steps"]) == len(b["steps"]) > 50
+        for sa, sb in zip(a["steps"], b["steps"]):
+            assert sa["slots"] == sb["slots"] and sa["labels"] == sb["labels"] and sa["frozen"] == sb["frozen"]
+            assert sa["shard"] + sb["shard"] == sa["labels"]  # split_batches: each rank trains its half
+        for key in ("use_counts", "class_counts", "S", "params", "similarity_updates", "flops_items"):
+            assert a[key] == b[key], (method, key)
+        assert a["similarity_updates"] == 8 * len(a["steps"])  # the gathered global batch, on both ranks
+        assert np.any(np.asarray(a["S"]) != 0)
