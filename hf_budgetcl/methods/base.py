@@ -3,6 +3,18 @@
 A method says how a training batch is composed (how much comes from the latest stream arrivals, and which memory
 slots are retrieved), what it adds to the loss, which extra state it keeps (charged to the memory budget in bytes)
 and which extra work it does per iteration (charged to the FLOPs ledger). Freezing is chosen by ``freeze``.
+
+Two hooks make room for methods with side information (DER++/X-DER logits, REMIND features, MEMO extractors, OCS or
+LiDER statistics) without reshaping the trainer:
+
+* :meth:`ContinualMethod.setup` runs once, before the memory budget is computed, with the trainer at hand (model,
+  blocks, dataset, collator): a method hooks modules or adds callbacks there;
+* :meth:`ContinualMethod.slot_bytes` says what one memory slot costs: the stored sample plus per-slot side
+  information, or a compressed replacement of the sample. The replay memory's byte capacity is filled with these, so
+  a method that stores more per slot gets fewer slots under the same total byte budget.
+
+Hyper-parameters come from :meth:`ContinualMethod.option`: an explicit keyword, else the config's ``method_options``
+("key=value,key=value"), else a config field of that name, else the method's default.
 """
 
 from __future__ import annotations
@@ -16,6 +28,19 @@ if TYPE_CHECKING:
     from ..memory import EpisodicMemory
 
 
+def parse_method_options(text: str | None) -> dict[str, str]:
+    """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}`` (values are cast by :meth:`ContinualMethod.option`)."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"method_options: expected key=value pairs separated by commas, got {item.strip()!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 class ContinualMethod:
     """Base class: uniform replay from memory, no extra loss, state or FLOPs."""
 
@@ -23,8 +48,28 @@ class ContinualMethod:
     stream_fraction: ClassVar[float] = 0.0  # share of each batch taken from the latest arrivals
     freeze: ClassVar[str] = "none"  # "none" | "adaptive" | "static:<n>"; the config may override it
 
-    def __init__(self, **options: Any):
-        self.options = options
+    def __init__(self, config: Any = None, **options: Any):
+        self.config = config
+        self.options = {**parse_method_options(getattr(config, "method_options", None)), **options}
+
+    def option(self, key: str, default: Any) -> Any:
+        """Explicit option > ``method_options`` > config field > ``default``, cast to the default's type."""
+        value = self.options.get(key, getattr(self.config, key, default))
+        if default is None or value is None or isinstance(value, type(default)):
+            return value
+        if isinstance(default, bool):
+            return str(value).lower() in ("1", "true", "yes")
+        try:
+            return type(default)(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"method_options: {key} expects {type(default).__name__}, got {value!r}") from None
+
+    def setup(self, trainer: Any) -> None:
+        """Called once by the trainer before the memory budget is computed (model, blocks and data are set)."""
+
+    def slot_bytes(self, sample_nbytes: int) -> int:
+        """Bytes one memory slot takes: the stored sample (here) plus any per-slot side information."""
+        return int(sample_nbytes)
 
     def stream_batch_size(self, batch_size: int) -> int:
         return int(round(self.stream_fraction * batch_size))
@@ -57,3 +102,24 @@ class ContinualMethod:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def collate_rows(trainer: Any, indices: Any) -> dict:
+    """The model inputs of dataset rows ``indices``, collated and on the training device."""
+    rows = [trainer.train_dataset[int(i)] for i in indices]
+    return {k: v.to(trainer.args.device) if hasattr(v, "to") else v for k, v in trainer.data_collator(rows).items()}
+
+
+def local_positions(trainer: Any, batch_rows: int, local_rows: int) -> np.ndarray:
+    """Positions in the global batch of this process's ``local_rows`` rows (each rank holds a contiguous shard)."""
+    rank = getattr(getattr(trainer, "accelerator", None), "process_index", 0)
+    world = getattr(trainer, "world_size", 1)
+    start = rank * batch_rows // world
+    return np.arange(start, start + local_rows)
+
+
+def is_training_pass(trainer: Any, model: torch.nn.Module) -> bool:
+    """A real training forward (not the profiler's measurement pass, nor evaluation) with a batch record."""
+    profiler = getattr(trainer, "profiler", None)
+    return (model.training and not getattr(profiler, "measuring", False)
+            and getattr(trainer, "current_record", None) is not None)

@@ -1,0 +1,127 @@
+"""Online EWC++ (Chaudhry et al., ECCV 2018; Schwarz et al., 2018) on top of ER, task-free.
+
+State: a running diagonal Fisher ``F`` and anchor parameters ``theta*``, one value each per trainable parameter.
+
+* Fisher: after every backward (``on_pre_optimizer_step``), ``F <- (1 - a) F + a g^2`` on the parameters that
+  received a gradient (``a`` = ``ewc_fisher_ema``; :func:`fisher_update`). As in the online EWC++ implementations of
+  the online-CL code bases, ``g`` is the gradient of the whole loss, penalty included.
+* Anchor: the stream has no task boundaries, so the first arrival of a new class stands in for one: when a stream row
+  of an unseen class is trained (after the first class), ``theta*`` is set to the current parameters. Before the
+  first anchor the penalty is 0.
+* Penalty (:func:`ewc_penalty`): ``lambda / 2 * sum_j F_j (theta_j - theta*_j)^2`` (``lambda`` = ``ewc_lambda``).
+
+Accounting: ``F`` and ``theta*`` are two copies of the trainable parameters (extra state ``ewc_fisher_and_anchor``;
+the paper counts "EWC: - 2 models"). Their work is element-wise, not counted by FlopCounterMode, and charged by hand
+(:func:`ewc_flops`): penalty forward 4 and backward 3 per element, Fisher update 4 per updated element.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from .base import is_training_pass
+from .er import ER
+
+
+def fisher_update(fisher: torch.Tensor, grad: torch.Tensor, ema: float) -> torch.Tensor:
+    """``(1 - ema) * fisher + ema * grad^2``."""
+    return (1.0 - ema) * fisher + ema * grad.detach().float() ** 2
+
+
+def ewc_penalty(params: list[torch.Tensor], fisher: list[torch.Tensor], anchor: list[torch.Tensor],
+                lam: float) -> torch.Tensor:
+    """``lam / 2 * sum_k sum_j F_kj (p_kj - anchor_kj)^2``."""
+    total = torch.zeros((), device=params[0].device if params else "cpu")
+    for p, f, a in zip(params, fisher, anchor):
+        total = total + (f * (p.float() - a) ** 2).sum()
+    return 0.5 * lam * total
+
+
+def ewc_flops(penalty_elements: int, fisher_elements: int) -> float:
+    """Penalty forward (subtract, square, multiply by F, sum: 4) and backward (``lam F (p - anchor)``: 3) per element,
+    Fisher update (square, two scalings, add: 4) per element that received a gradient."""
+    return float(7 * penalty_elements + 4 * fisher_elements)
+
+
+class _FisherCallback(TrainerCallback):
+    def __init__(self, method: EWC):
+        self.method = method
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.method.update_fisher()
+        return control
+
+
+class EWC(ER):
+    name = "ewc"
+
+    def __init__(self, config: Any = None, **options: Any):
+        super().__init__(config, **options)
+        self.lam = self.option("ewc_lambda", 100.0)
+        self.fisher_ema = self.option("ewc_fisher_ema", 0.1)
+        self.params: list[torch.nn.Parameter] = []
+        self.fisher: list[torch.Tensor] = []
+        self.anchor: list[torch.Tensor] | None = None
+        self.seen_classes: set[int] = set()
+        self.anchors_taken = 0
+        self.pending_flops = 0.0
+
+    def setup(self, trainer: Any) -> None:
+        self.params = [p for p in trainer.model.parameters() if p.requires_grad]
+        self.fisher = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        trainer.add_callback(_FisherCallback(self))
+
+    def extra_loss(self, trainer: Any, model: torch.nn.Module, inputs: dict, outputs: Any) -> torch.Tensor | None:
+        if not is_training_pass(trainer, model):
+            return None
+        record = trainer.current_record
+        stream_labels = {int(y) for y, s in zip(record.labels, record.slots) if s == -1}
+        new = stream_labels - self.seen_classes
+        if new and self.seen_classes:  # a new class arrives: what was learnt so far becomes the anchor
+            self.anchor = [p.detach().float().clone() for p in self.params]
+            self.anchors_taken += 1
+        self.seen_classes |= new
+        if self.anchor is None:
+            return None
+        n = sum(p.numel() for p in self.params)
+        self.pending_flops += ewc_flops(n, 0)
+        return ewc_penalty(self.params, self.fisher, self.anchor, self.lam)
+
+    def update_fisher(self) -> None:
+        updated = 0
+        for k, p in enumerate(self.params):
+            if p.grad is not None and torch.isfinite(p.grad).all():
+                self.fisher[k] = fisher_update(self.fisher[k], p.grad, self.fisher_ema)
+                updated += p.numel()
+        self.pending_flops += ewc_flops(0, updated)
+
+    def extra_state_bytes(self, model: torch.nn.Module, num_classes: int) -> dict[str, int]:
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return {"ewc_fisher_and_anchor": 2 * 4 * int(n)}  # float32 F and theta*
+
+    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
+        """Charged when the step closes: the penalty of this step and the Fisher update of the previous one (the
+        update runs after the charge, in on_pre_optimizer_step). Replicated on every rank."""
+        out, self.pending_flops = self.pending_flops * getattr(trainer, "world_size", 1), 0.0
+        return {"ewc": out}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fisher": [f.cpu().numpy() for f in self.fisher],
+            "anchor": None if self.anchor is None else [a.cpu().numpy() for a in self.anchor],
+            "seen_classes": sorted(self.seen_classes),
+            "anchors_taken": self.anchors_taken,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.params[0].device if self.params else "cpu"
+        if state.get("fisher") is not None:
+            self.fisher = [torch.as_tensor(np.asarray(f), device=device) for f in state["fisher"]]
+        if state.get("anchor") is not None:
+            self.anchor = [torch.as_tensor(np.asarray(a), device=device) for a in state["anchor"]]
+        self.seen_classes = set(state.get("seen_classes", []))
+        self.anchors_taken = int(state.get("anchors_taken", 0))
