@@ -16,6 +16,7 @@ Two families:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -41,6 +42,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
 )
+
+from transformers.utils import find_adapter_config_file
 
 from hf_budgetcl.data.vlm_collator import Qwen2VLPadExpandingProcessor
 
@@ -100,7 +103,7 @@ def train_bpe_tokenizer(
     )
 
 
-def _lm_config(tok: PreTrainedTokenizerFast, lm_hidden: int, lm_layers: int) -> dict[str, Any]:
+def _lm_config(tok: PreTrainedTokenizerFast, lm_hidden: int, lm_layers: int, init_std: float) -> dict[str, Any]:
     heads = max(lm_hidden // 16, 1)
     return dict(
         vocab_size=len(tok),
@@ -113,6 +116,7 @@ def _lm_config(tok: PreTrainedTokenizerFast, lm_hidden: int, lm_layers: int) -> 
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        initializer_range=init_std,
     )
 
 
@@ -125,12 +129,15 @@ def make_tiny_llava(
     vision_layers: int = 2,
     vision_feature_layer: int = -1,
     vocab_size: int = 512,
+    init_std: float = 0.02,
     seed: int = 0,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A random-weight LLaVA (CLIP + Llama, ~0.3 M parameters by default) and its processor, in memory.
 
     The tokenizer is a byte-level BPE trained on ``corpus``. ``vision_feature_layer=-1`` (not LLaVA's default -2)
     so the last vision layer is used and gets gradients. Image tokens per image = (image_size / patch_size)².
+    ``init_std``: std of the random weights (``initializer_range``). With the usual 0.02 a 64-wide frozen head
+    yields logits within about ±1, so LoRA over a frozen random base cannot express an answer; ~0.2 can.
     """
     tok = train_bpe_tokenizer([*corpus, "USER: ASSISTANT:"], vocab_size=vocab_size)
     processor = LlavaProcessor(
@@ -154,7 +161,7 @@ def make_tiny_llava(
             image_size=image_size,
             patch_size=patch_size,
         ),
-        text_config=LlamaConfig(**_lm_config(tok, lm_hidden, lm_layers)),
+        text_config=LlamaConfig(**_lm_config(tok, lm_hidden, lm_layers, init_std)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=vision_feature_layer,
@@ -180,12 +187,14 @@ def make_tiny_qwen2vl(
     vision_layers: int = 2,
     vision_hidden: int = 32,
     vocab_size: int = 512,
+    init_std: float = 0.02,
     seed: int = 0,
 ) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLPadExpandingProcessor]:
     """A random-weight Qwen2-VL (~0.25 M parameters by default) and its torchvision-free processor, in memory.
 
     Images are resized to exactly ``image_size``² pixels (a multiple of ``2 * patch_size``), giving
     (image_size / patch_size)² patches and a quarter as many ``<|image_pad|>`` tokens after the 2×2 merge.
+    ``init_std`` as in :func:`make_tiny_llava`.
     """
     merge = 2
     if image_size % (patch_size * merge):
@@ -202,7 +211,7 @@ def make_tiny_qwen2vl(
         temporal_patch_size=2,
         merge_size=merge,
     )
-    text = _lm_config(tok, lm_hidden, lm_layers)
+    text = _lm_config(tok, lm_hidden, lm_layers, init_std)
     head_dim = lm_hidden // text["num_attention_heads"]
     # M-RoPE splits head_dim / 2 rotary frequencies into (temporal, height, width) sections.
     quarter = head_dim // 2 // 4
@@ -249,9 +258,22 @@ def _save(model: PreTrainedModel, processor: Any, save_dir: str | os.PathLike) -
     processor.save_pretrained(save_dir)
 
 
+def _model_type(model_name_or_path: str | os.PathLike) -> str:
+    """The checkpoint's ``model_type``; for a PEFT adapter directory (no config.json), its base model's."""
+    try:
+        return AutoConfig.from_pretrained(model_name_or_path).model_type
+    except (OSError, ValueError):
+        adapter = find_adapter_config_file(str(model_name_or_path))
+        if adapter is None:
+            raise
+        with open(adapter) as f:
+            return AutoConfig.from_pretrained(json.load(f)["base_model_name_or_path"]).model_type
+
+
 def load_processor(model_name_or_path: str | os.PathLike) -> Any:
-    """``AutoProcessor``, or the pad-expanding Qwen2-VL processor where the official one needs torchvision."""
-    model_type = AutoConfig.from_pretrained(model_name_or_path).model_type
+    """``AutoProcessor``, or the pad-expanding Qwen2-VL processor where the official one needs torchvision.
+    Also for an adapter directory saved by the recipe (it holds the processor, the base model holds the config)."""
+    model_type = _model_type(model_name_or_path)
     if model_type in Qwen2VLPadExpandingProcessor.MODEL_TYPES:
         try:
             return AutoProcessor.from_pretrained(model_name_or_path)

@@ -1,0 +1,231 @@
+"""Vision-language instruction-stream recipe: budgeted online continual instruction tuning of an HF VLM.
+
+A concept-incremental stream of (image, question, answer) rows is trained online, with LoRA (or QLoRA over a
+bitsandbytes 4/8-bit base, or full fine-tuning of the language model with ``lora_r: 0``), under a FLOPs and a byte
+budget; every ``eval_period`` arrivals the generated answers to held-out questions of the concepts seen so far are
+scored by normalised exact match. Runs with ``hf-budgetcl run --config ...``, ``python recipes/vlm_instruction_stream.py
+--config ...`` or ``accelerate launch recipes/vlm_instruction_stream.py --config ...``.
+
+The embedded default needs no network: easy-vqa's real images and questions, split by answer type (shape, then
+colour, then yes/no), and a tiny random-weight LLaVA built into ``<output_dir>/base_model`` (tokenizer trained on the
+data's text) and loaded back through :func:`~hf_budgetcl.models.tiny_vlm.load_vlm`, the same path as a Hub checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import BudgetedCLConfig
+from ..parser import ConfigParser
+from ..stream import StreamOrder, build_stream
+
+TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")
+# Module-name parts of the vision side (tower + projector/merger) across LLaVA, Qwen2-VL, Idefics3, PaliGemma.
+VISION_PARTS = ("vision_tower", "visual", "vision_model", "multi_modal_projector", "connector")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="tiny_llava",
+        metadata={"help": "tiny_llava | tiny_qwen2vl (random-weight model built into <output_dir>/base_model), "
+                  "a local checkpoint or a Hub model id."},
+    )
+    quantization: str = field(default="none", metadata={"help": "none | 4bit (NF4) | 8bit: bitsandbytes base."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank on the decoder blocks; 0 = full fine-tuning."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    train_vision_tower: bool = field(
+        default=False, metadata={"help": "Train the vision tower and projector too (default: frozen as a whole)."}
+    )
+    max_new_tokens: int = field(default=8, metadata={"help": "Generated tokens per answer at evaluation."})
+    max_length: int | None = field(default=None, metadata={"help": "Cut training sequences to this many tokens."})
+    tiny_lm_hidden: int = field(default=64, metadata={"help": "Tiny model: decoder width."})
+    tiny_lm_layers: int = field(default=4, metadata={"help": "Tiny model: decoder blocks."})
+    tiny_vision_layers: int = field(default=2, metadata={"help": "Tiny model: vision-encoder layers."})
+    tiny_image_size: int = field(default=32, metadata={"help": "Tiny model: input image side in pixels."})
+    tiny_patch_size: int = field(default=8, metadata={"help": "Tiny model: vision patch side in pixels."})
+    tiny_vocab_size: int = field(default=512, metadata={"help": "Tiny model: BPE vocabulary cap."})
+    tiny_init_std: float = field(
+        default=0.2,
+        metadata={"help": "Tiny model: std of the random weights. LoRA trains over a frozen random base, whose "
+                  "head must already span large logits (0.02 caps them near ±1: nothing can be learnt)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="easy_vqa",
+        metadata={"help": "easy_vqa | a local .jsonl | a local imagefolder | a Hub dataset name."},
+    )
+    test_dataset: str | None = field(default=None, metadata={"help": "Held-out questions (jsonl/imagefolder/Hub)."})
+    test_split: str = field(default="test", metadata={"help": "Split of the held-out questions (imagefolder/Hub)."})
+    concepts: str = field(default="answer_type", metadata={"help": "easy_vqa concepts: answer_type | answer."})
+    concept_order: str = field(
+        default="label", metadata={"help": "Disjoint stream order: label (concept id order) | random (by seed)."}
+    )
+    max_train_images: int | None = field(default=None, metadata={"help": "easy_vqa: images kept (all questions)."})
+    max_train_questions: int | None = field(default=None, metadata={"help": "Random subset of training rows."})
+    max_test_questions: int | None = field(default=None, metadata={"help": "Random subset of held-out rows."})
+    image_column: str = field(default="image", metadata={"help": "Image column of a generic dataset."})
+    question_column: str = field(default="question", metadata={"help": "Question/instruction column."})
+    answer_column: str = field(default="answer", metadata={"help": "Answer column."})
+    concept_column: str = field(default="concept", metadata={"help": "Concept/task column (the stream's class)."})
+
+
+def make_parser() -> ConfigParser:
+    return ConfigParser((ModelArguments, DataArguments, BudgetedCLConfig))
+
+
+def _subset(ds, n: int | None, seed: int):
+    if ds is None or n is None or n >= len(ds):
+        return ds
+    return ds.select(np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False)))
+
+
+def load_data(data_args: DataArguments, seed: int = 0):
+    """(train, test) datasets with columns image, question, answer, concept, label."""
+    from ..data.vqa import load_easy_vqa, load_vqa_dataset
+
+    columns = dict(image_column=data_args.image_column, question_column=data_args.question_column,
+                   answer_column=data_args.answer_column, concept_column=data_args.concept_column)
+    if data_args.dataset == "easy_vqa":
+        train = load_easy_vqa("train", data_args.max_train_images, seed=seed, concepts=data_args.concepts)
+        test = load_easy_vqa("test", concepts=data_args.concepts)
+    else:
+        train, names = load_vqa_dataset(data_args.dataset, split="train", **columns)
+        if data_args.test_dataset is not None:
+            test, test_names = load_vqa_dataset(data_args.test_dataset, split=data_args.test_split, **columns)
+        elif os.path.isfile(data_args.dataset):  # a single jsonl: hold out a fifth of the rows
+            test, test_names = None, names
+        else:
+            test, test_names = load_vqa_dataset(data_args.dataset, split=data_args.test_split, **columns)
+        if test is None:
+            order = np.random.default_rng(seed).permutation(len(train))
+            cut = max(len(train) // 5, 1)
+            train, test = train.select(np.sort(order[cut:])), train.select(np.sort(order[:cut]))
+        elif test_names != names:  # labels are indices into the sorted concept names: they must agree
+            raise ValueError(f"test_dataset: concepts {test_names} differ from the training concepts {names}")
+    train = _subset(train, data_args.max_train_questions, seed)
+    return train, _subset(test, data_args.max_test_questions, seed + 1)
+
+
+def make_stream(config: BudgetedCLConfig, labels: np.ndarray, data_args: DataArguments) -> StreamOrder:
+    if config.stream_file:
+        return StreamOrder.from_json(config.stream_file, labels=labels)
+    seed = config.stream_seed if config.stream_seed is not None else config.seed
+    params: dict[str, Any] = {
+        "disjoint": {"n_tasks": config.n_tasks},
+        "gaussian": {"sigma": config.sigma, "repeat": config.repeat, "init_cls": config.init_cls},
+        "si_blurry": {"n_tasks": config.n_tasks, "disjoint_class_ratio": config.disjoint_class_ratio,
+                      "blurry_ratio": config.blurry_ratio},
+    }.get(config.stream)
+    if params is None:
+        raise ValueError(f"stream: '{config.stream}' is not supported by the VLM recipe (no domain column)")
+    if config.stream == "disjoint" and data_args.concept_order == "label":
+        params["class_order"] = np.unique(labels)  # shapes, then colours, then yes/no for easy_vqa
+    elif data_args.concept_order not in ("label", "random"):
+        raise ValueError(f"concept_order: expected label or random, got {data_args.concept_order!r}")
+    return build_stream(config.stream, labels, seed, **params)
+
+
+def build_base_model(model_args: ModelArguments, train, output_dir: str, build: bool = True, seed: int = 0) -> str:
+    """Path of the base checkpoint: a tiny random model saved into ``<output_dir>/base_model`` (built only if
+    ``build``: other ranks just read it), or ``model_name_or_path`` itself."""
+    name = model_args.model_name_or_path
+    if name not in TINY_MODELS:
+        return name
+    # Absolute: the path is written into the adapter config, which must reload from anywhere.
+    path = os.path.abspath(os.path.join(output_dir, "base_model"))
+    if not build:
+        return path
+    from ..models.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl
+
+    corpus = sorted(set(train["question"])) + sorted(set(train["answer"]))
+    builder = build_tiny_llava if name == "tiny_llava" else build_tiny_qwen2vl
+    kwargs = dict(image_size=model_args.tiny_image_size, patch_size=model_args.tiny_patch_size,
+                  lm_hidden=model_args.tiny_lm_hidden, lm_layers=model_args.tiny_lm_layers,
+                  vision_layers=model_args.tiny_vision_layers, vocab_size=model_args.tiny_vocab_size,
+                  init_std=model_args.tiny_init_std, seed=seed)
+    return builder(path, corpus, **kwargs)
+
+
+def prepare_model(model_args: ModelArguments, base_path: str):
+    """Load the base through ``load_vlm``; wrap with LoRA (decoder only) or set up full fine-tuning."""
+    from ..models.lora import apply_lora
+    from ..models.tiny_vlm import load_vlm
+
+    quant = None if model_args.quantization == "none" else model_args.quantization
+    if quant is not None and (model_args.lora_r <= 0 or model_args.train_vision_tower):
+        raise ValueError("quantization: a bitsandbytes base cannot be trained itself; use lora_r > 0 and "
+                         "train_vision_tower false")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gemv_4bit.*")
+        model, processor = load_vlm(base_path, quantization=quant)
+    if quant is not None:  # FlopCounterMode has no formula for bitsandbytes' matmuls: count them analytically
+        from ..quantized_flops import register_quantized_flop_formulas
+
+        register_quantized_flop_formulas()
+    if model_args.lora_r > 0:
+        model = apply_lora(model, r=model_args.lora_r, alpha=model_args.lora_alpha,
+                           dropout=model_args.lora_dropout, quantized=quant is not None)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if model_args.train_vision_tower:
+        for name, p in model.named_parameters():
+            if any(part in name.split(".") for part in VISION_PARTS):
+                p.requires_grad_(True)
+    elif model_args.lora_r <= 0:
+        for name, p in model.named_parameters():
+            if any(part in name.split(".") for part in VISION_PARTS):
+                p.requires_grad_(False)  # frozen as a whole, so it is no freezable block and has no gradient
+    return model, processor
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedCLConfig):
+    from transformers import set_seed
+
+    from ..data.vlm_collator import VLMInstructionCollator
+    from ..data.vqa import vqa_sample_nbytes
+    from ..evaluation_vqa import VQAEvaluator
+    from ..trainer import BudgetedCLTrainer
+
+    set_seed(config.seed)
+    train, test = load_data(data_args, seed=config.seed)
+    train.info.dataset_name = data_args.dataset  # named in the model card and its model-index
+    labels = np.asarray(train["label"])
+    stream = make_stream(config, labels, data_args)
+    with config.main_process_first(desc="base model"):  # rank 0 writes base_model before the others read it
+        base_path = build_base_model(model_args, train, config.output_dir, build=config.process_index == 0,
+                                     seed=config.seed)
+        model, processor = prepare_model(model_args, base_path)
+    collator = VLMInstructionCollator(processor, max_length=model_args.max_length)
+    evaluator = VQAEvaluator(test, collator, train["answer"], labels, batch_size=config.per_device_eval_batch_size,
+                             max_new_tokens=model_args.max_new_tokens)
+    trainer = BudgetedCLTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        stream=stream,
+        sample_nbytes=vqa_sample_nbytes,
+        evaluator=evaluator,
+        data_collator=collator,
+        processing_class=processor,
+    )
+    trainer.train()
+    stream.to_json(os.path.join(config.output_dir, "stream.json"))
+    trainer.save_model()  # LoRA: the adapter (+ base path in adapter_config.json); full FT: the whole model
+    return trainer
+
+
+def run(argv: Sequence[str]):
+    model_args, data_args, config = make_parser().parse_with_config(argv, ignore_keys=("recipe",))
+    return main(model_args, data_args, config)

@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""ER vs aL-SAR on the tiny-LLaVA easy-vqa instruction stream (LoRA on the decoder blocks), side by side.
+
+The two methods run at the same time, as two ``hf-budgetcl run`` processes with one torch thread each and the same
+seed, so that both see the same machine load and their wall-clock times are comparable (a ratio within one
+benchmark run, not an absolute speed). Each uses its YAML config unchanged (recipes/configs/
+easyvqa_llava_tiny_{er,alsar}.yaml) plus any overrides given after ``--``.
+
+    python scripts/benchmark_vlm.py                      # writes docs/results_vlm.md
+    python scripts/benchmark_vlm.py --seeds 1 2 3        # several seeds (pairs run one after another)
+    python scripts/benchmark_vlm.py --quick              # smoke run (few rows), table under --work_dir
+
+Finished runs (results.json under --work_dir) are reused when the script is started again, unless --rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {m: ROOT / f"recipes/configs/easyvqa_llava_tiny_{m}.yaml" for m in ("er", "alsar")}
+QUICK = ["--max_train_questions", "96", "--max_test_questions", "48", "--eval_period", "48", "--memory_size", "48"]
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
+    out = Path(args.work_dir) / f"{method}_s{seed}"
+    results = out / "results.json"
+    if results.exists() and not args.rerun:
+        return json.loads(results.read_text())
+    cmd = [
+        sys.executable, "-c", "import sys; from hf_budgetcl.cli import main; sys.exit(main())",
+        "run", "--config", str(CONFIGS[method]), "--seed", str(seed), "--output_dir", str(out),
+        "--report_to", "none", "--disable_tqdm", "true", *(QUICK if args.quick else []), *args.extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{out.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    print(f"  {out.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(results.read_text())
+
+
+def pm(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    v = np.asarray(values, dtype=float) * scale
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+
+
+def mean_frozen_blocks(result: dict) -> float:
+    """Mean number of frozen blocks per iteration, from the histogram {n_frozen: iterations}."""
+    histogram = {int(k): v for k, v in result["frozen_blocks_histogram"].items()}
+    total = sum(histogram.values())
+    return sum(k * v for k, v in histogram.items()) / total if total else 0.0
+
+
+def table(runs: dict[str, list[dict]], args: argparse.Namespace) -> str:
+    first = next(iter(runs.values()))[0]
+    n_blocks = len(runs.get("alsar", [first])[0]["freeze"].get("fisher", [])) or "?"
+    lines = [
+        "## Vision-language instruction stream: ER vs aL-SAR (tiny LLaVA, easy-vqa)",
+        "",
+        f"easy-vqa's real images and questions, disjoint stream over 3 concepts (shape, colour, yes/no), "
+        f"{first['stream']['length']} training questions, exact match of the generated answer on held-out "
+        f"questions of the concepts seen so far (evaluated every {args.eval_period_label} samples). A tiny "
+        f"random-weight LLaVA (CLIP tower frozen, Llama decoder with LoRA on its {n_blocks} blocks), batch "
+        f"{first['batch_size']}, online_iter {first['online_iter']}, seeds {', '.join(map(str, args.seeds))}. "
+        "Majority baseline: always the most frequent training answer of the seen concepts. TFLOPs: measured "
+        "training FLOPs (FlopCounterMode units, 2 per MAC) incl. each method's bookkeeping. Both methods ran at "
+        f"the same time, {args.threads} torch thread each, on a shared machine: compare wall-clock times within "
+        "this table only.",
+        "",
+        "| method | A_AUC (%) | A_last (%) | majority baseline (%) | train TFLOPs | backward FLOPs saved | "
+        "mean frozen blocks | iterations | memory (MiB) | wall-clock (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, rs in runs.items():
+        lines.append(
+            f"| {method} | {pm([r['A_auc'] for r in rs], 100)} | {pm([r['A_last'] for r in rs], 100)} | "
+            f"{pm([r['majority_baseline'] for r in rs], 100)} | {pm([r['train_flops'] for r in rs], 1e-12, 3)} | "
+            f"{pm([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}% | "
+            f"{pm([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks} | "
+            f"{pm([r['iterations'] for r in rs], 1, 0)} | "
+            f"{pm([r['memory_bytes']['total'] for r in rs], 2**-20, 3)} | {pm([r['wall_time_s'] for r in rs], 1, 0)} |"
+        )
+    for method, rs in runs.items():
+        if method == "alsar":
+            hist = ", ".join(f"{k}: {v}" for k, v in rs[0]["frozen_blocks_histogram"].items())
+            lines += ["", f"aL-SAR frozen-prefix histogram (seed {args.seeds[0]}, frozen blocks: iterations): {hist}."]
+    lines += ["", f"Command: `{' '.join(['python', 'scripts/benchmark_vlm.py', *sys.argv[1:]])}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", default=None, help="markdown fragment (default docs/results_vlm.md; --quick: work_dir)")
+    p.add_argument("--work_dir", default=str(ROOT / "out/benchmark_vlm"))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--rerun", action="store_true", help="ignore results.json of finished runs")
+    p.add_argument("--quick", action="store_true", help="smoke run: a few dozen rows")
+    p.add_argument("extra", nargs="*", help="further hf-budgetcl overrides after --, e.g. -- --online_iter 2")
+    args = p.parse_args(argv)
+    if args.quick and args.work_dir == str(ROOT / "out/benchmark_vlm"):
+        args.work_dir = str(ROOT / "out/benchmark_vlm_quick")
+    default_output = Path(args.work_dir) / "results_vlm.md" if args.quick else ROOT / "docs/results_vlm.md"
+    args.output = args.output or str(default_output)
+    runs: dict[str, list[dict]] = {"er": [], "alsar": []}
+    for seed in args.seeds:  # the two methods of one seed run side by side
+        with ThreadPoolExecutor(2) as pool:
+            pair = list(pool.map(lambda m: run_one(m, seed, args), list(runs)))
+        for method, result in zip(runs, pair):
+            runs[method].append(result)
+    curve = runs["er"][0]["curve"]
+    args.eval_period_label = curve[0]["samples"] if curve else "?"
+    text = table(runs, args)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
