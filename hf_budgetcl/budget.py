@@ -92,6 +92,7 @@ class FlopsProfiler:
         self.blocks = blocks
         self.loss_fn = loss_fn
         self.cache: dict[tuple, StepCost] = {}
+        self.forward_cache: dict[tuple, float] = {}
         self.measuring = False  # True while a measurement pass runs: method hooks must not update statistics
         self._block_names = [f"{type(model).__name__}.{name}" for name in blocks.names]
 
@@ -100,6 +101,23 @@ class FlopsProfiler:
         if key not in self.cache:
             self.cache[key] = self.measure(inputs)
         return self.cache[key]
+
+    def forward_flops(self, inputs: Mapping[str, Any]) -> float:
+        """Measured FLOPs of one forward (loss included, no backward) on this input shape, cached: the extra
+        forwards a method runs (e.g. MIR's candidate scoring)."""
+        key = ("forward_only", *shape_key(inputs))
+        if key not in self.forward_cache:
+            was_training = self.model.training
+            self.model.train()
+            self.measuring = True
+            try:
+                with _side_effect_free(self.model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+                    self.loss_fn(self.model, dict(inputs))
+            finally:
+                self.measuring = False
+                self.model.train(was_training)
+            self.forward_cache[key] = float(counter.get_total_flops())
+        return self.forward_cache[key]
 
     def measure(self, inputs: Mapping[str, Any]) -> StepCost:
         was_training = self.model.training

@@ -40,6 +40,9 @@ def run_guarded(fn: Callable[[], object]) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"hf-budgetcl: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. the disk filled up while a checkpoint was written (CheckpointSaveError)
+        print(f"hf-budgetcl: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

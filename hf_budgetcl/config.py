@@ -10,7 +10,8 @@ from transformers import TrainingArguments
 from .methods import METHODS
 from .stream import STREAM_KINDS
 
-FREEZE_PATTERN = re.compile(r"^(none|adaptive|static:\d+)$")
+FREEZE_PATTERN = re.compile(r"^(none|adaptive|static:\d+|lisa(:\d+)?)$")
+BUDGET_MATCHING = ("none", "auto", "spend_savings")
 
 
 @dataclass
@@ -26,7 +27,12 @@ class BudgetedCLConfig(TrainingArguments):
 
     method: str = field(default="er", metadata={"help": f"Continual method: {', '.join(sorted(METHODS))}."})
     freeze: str | None = field(
-        default=None, metadata={"help": "none | adaptive | static:<n>; default: the method's own choice."}
+        default=None,
+        metadata={"help": "none | adaptive | static:<n> | lisa[:<n>]; default: the method's own choice."},
+    )
+    method_options: str | None = field(
+        default=None,
+        metadata={"help": "Method hyper-parameters as key=value,key=value (e.g. mir_candidates=50,derpp_alpha=0.1)."},
     )
     fisher_ema: float = field(default=0.01, metadata={"help": "aL: EMA ratio of the per-block Fisher traces."})
     informativeness_ema: float = field(default=0.01, metadata={"help": "aL: EMA ratio of the batch informativeness."})
@@ -34,6 +40,21 @@ class BudgetedCLConfig(TrainingArguments):
         default=4, metadata={"help": "aL: every this many steps nothing is frozen, refreshing every Fisher trace."}
     )
     freeze_warmup_steps: int = field(default=50, metadata={"help": "aL: steps without freezing at the start."})
+    sar_temperature: float = field(default=0.125, metadata={"help": "SAR: retrieval softmax temperature T (ex.sh)."})
+    sar_decay_k: float = field(
+        default=4.0, metadata={"help": "SAR: use counts decay by 1 - B / (k |M|) per iteration (ex.sh: k = 4)."}
+    )
+    sar_warmup_samples: int = field(
+        default=50, metadata={"help": "SAR: class-balanced retrieval before this many stream samples."}
+    )
+    sar_scale_by_memory: bool = field(
+        default=True,
+        metadata={"help": "SAR: use max(0, c_hat / |M|) as the official code (the scale T = 0.125 was tuned on)."},
+    )
+    similarity_ema: float = field(default=0.001, metadata={"help": "SAR: EMA ratio of the class gradient statistics."})
+    similarity_coords: int = field(
+        default=64, metadata={"help": "SAR: number of fixed random head-gradient coordinates per sample."}
+    )
     stream: str = field(default="disjoint", metadata={"help": f"Arrival order: {', '.join(STREAM_KINDS)}."})
     stream_file: str | None = field(default=None, metadata={"help": "JSON arrival order to import instead."})
     n_tasks: int = field(default=5, metadata={"help": "Tasks of disjoint / si_blurry streams."})
@@ -44,6 +65,12 @@ class BudgetedCLConfig(TrainingArguments):
     blurry_ratio: float = field(default=0.1, metadata={"help": "Si-Blurry: share of a blurry class outside its task."})
     stream_seed: int | None = field(default=None, metadata={"help": "Seed of the arrival order (default: seed)."})
     online_iter: float = field(default=1.0, metadata={"help": "Training iterations per arriving sample (float)."})
+    budget_matching: str = field(
+        default="none",
+        metadata={"help": "none: use online_iter; auto: derive online_iter from the FLOPs budget and the method's "
+                  "measured cost per iteration (freezing savings are not re-spent); spend_savings: the same, but "
+                  "what freezing saves buys further iterations."},
+    )
     eval_period: int = field(default=500, metadata={"help": "Anytime evaluation every this many arrivals."})
     memory_budget_bytes: int | None = field(
         default=None, metadata={"help": "Total memory budget in bytes: model + method state + replay samples."}
@@ -69,6 +96,11 @@ class BudgetedCLConfig(TrainingArguments):
     seed: int = field(default=1, metadata={"help": "Seed of the run (the paper uses 1, 2, 3)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "A stream is seen once."})
     output_dir: str | None = field(default="out/run", metadata={"help": "Where results.json and the model go."})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "Continue from the newest complete checkpoint in output_dir (start afresh if there is none); "
+                  "--resume_from_checkpoint PATH picks one."},
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -76,7 +108,12 @@ class BudgetedCLConfig(TrainingArguments):
         if self.stream not in STREAM_KINDS:
             raise ValueError(f"stream: unknown stream type '{self.stream}'; choose one of: {', '.join(STREAM_KINDS)}")
         if self.freeze is not None and not FREEZE_PATTERN.match(self.freeze):
-            raise ValueError(f"freeze: expected none, adaptive or static:<n>, got '{self.freeze}'")
+            raise ValueError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{self.freeze}'")
+        if self.budget_matching not in BUDGET_MATCHING:
+            raise ValueError(f"budget_matching: expected one of {', '.join(BUDGET_MATCHING)}, got "
+                             f"'{self.budget_matching}'")
+        if self.budget_matching != "none" and self.flops_budget is None and self.flops_budget_per_sample is None:
+            raise ValueError("budget_matching: needs a FLOPs budget (flops_budget or flops_budget_per_sample)")
         for name in ("eval_period", "online_iter", "fisher_update_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -88,4 +125,12 @@ class BudgetedCLConfig(TrainingArguments):
             raise ValueError("memory_budget_bytes: give a memory budget in bytes (or memory_size in samples)")
         if self.flops_budget is not None and self.flops_budget_per_sample is not None:
             raise ValueError("flops_budget: give either flops_budget or flops_budget_per_sample, not both")
+        for name in ("sar_temperature", "sar_decay_k", "similarity_ema", "similarity_coords"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.save_total_limit is not None and 0 < self.save_total_limit < 2:
+            # Trainer rotates old checkpoints before the new one is complete: keep one more to survive a crash then.
+            raise ValueError(f"save_total_limit must be at least 2 (or unset), got {self.save_total_limit}")
+        # The stream sampler's own state is restored on resume; Trainer must not fast-forward the data as well.
+        self.ignore_data_skip = True
         super().__post_init__()

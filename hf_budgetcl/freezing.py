@@ -164,6 +164,9 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
     # ---- Fisher EMA from the (already synchronised, unscaled) gradients ---------------------------------------
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         trained = np.arange(len(self.blocks)) >= self.last_frozen
+        # A block without any gradient did not train (e.g. a batch skipped for a non-finite loss): a zero there would
+        # drag its EMA down, so it keeps its value.
+        trained &= np.array([any(p.grad is not None for p in params) for params in self.blocks.params], dtype=bool)
         new = np.zeros(len(self.blocks))
         for i in np.flatnonzero(trained):
             new[i], bad = grad_sq_sum(p.grad for p in self.blocks.params[i])
@@ -195,9 +198,17 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
             },
         }
 
+    def load_state(self, attributes: dict) -> None:
+        """Restore the ``attributes`` of :meth:`state` in place (the trainer keeps this very instance)."""
+        self.fisher = np.asarray(attributes["fisher"], dtype=np.float64)
+        self.fisher_seen = np.asarray(attributes["fisher_seen"], dtype=bool)
+        self.info_mean = float(attributes["info_mean"])
+        for name in ("steps", "last_frozen", "nonfinite_grads"):
+            setattr(self, name, int(attributes[name]))
+
 
 def make_freezing_policy(mode: str, blocks: BlockPartition, args: Any) -> Any:
-    """Build the policy named by ``freeze`` (none | static:<n> | adaptive) from the config."""
+    """Build the policy named by ``freeze`` (none | static:<n> | adaptive | lisa[:<n>]) from the config."""
     if mode == "none":
         return NoFreezing()
     if mode.startswith("static:"):
@@ -210,4 +221,11 @@ def make_freezing_policy(mode: str, blocks: BlockPartition, args: Any) -> Any:
             fisher_update_every=getattr(args, "fisher_update_every", 4),
             freeze_warmup_steps=getattr(args, "freeze_warmup_steps", 50),
         )
-    raise ValueError(f"freeze: expected none, adaptive or static:<n>, got '{mode}'")
+    if mode == "lisa" or mode.startswith("lisa:"):
+        from .freezing_lisa import LisaFreezing
+        from .methods.base import parse_method_options
+
+        options = parse_method_options(getattr(args, "method_options", None))
+        n_active = int(mode.split(":", 1)[1]) if ":" in mode else None
+        return LisaFreezing(blocks, n_active, int(options.get("lisa_interval", 20)), seed=getattr(args, "seed", 0))
+    raise ValueError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{mode}'")

@@ -89,10 +89,18 @@ def hyperparameters(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
     values = config.to_dict()
+    from accelerate.state import AcceleratorState, PartialState
+
+    # Building TrainingArguments resets accelerate's process-wide state, which a live trainer still uses: restore it.
+    shared = [(cls, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState)]
     try:  # the budget needs *some* memory bound to validate; memory_size is listed anyway
         defaults = type(config)(output_dir=config.output_dir, memory_size=1).to_dict()
     except (TypeError, ValueError):
         defaults = values
+    finally:
+        for cls, state in shared:
+            cls._shared_state.clear()
+            cls._shared_state.update(state)
     skip = {k for k in values if k in _SKIP_ARGUMENTS or k.startswith(_SKIP_PREFIXES) or k.endswith("_token")}
     keep = {k: v for k, v in values.items() if k in KEY_ARGUMENTS or (v != defaults.get(k) and k not in skip)}
     return dict(sorted(keep.items()))

@@ -3,12 +3,14 @@
 For every arriving sample it inserts the sample into the episodic memory, adds ``online_iter`` to an update
 accumulator and yields ``floor(accumulator)`` batches of dataset indices, each composed by the method (latest
 arrivals + memory retrieval). A sample is only ever drawn after it has arrived. Every rank runs an identical copy
-(same seed) so that memory, retrieval and counts agree; accelerate's ``split_batches`` then gives each rank its shard
-of the global batch.
+(same seed) so that memory, retrieval and counts agree, composes the same global batch and yields its own contiguous
+shard of it (rank ``r`` of ``W`` gets rows ``[r B / W, (r + 1) B / W)``).
 
-The DataLoader (and accelerate) fetch batches ahead of training, so the sampler also queues one
-:class:`BatchRecord` per yielded batch; the trainer pops them in order to learn which stream position, memory
-slots and iteration a trained batch belongs to.
+The trainer iterates it through a plain single-process DataLoader that fetches nothing ahead, so when a step ends
+the sampler has composed exactly the batches trained so far: its state (cursor, memory, counts, generator, the
+iterations still owed to the current arrival) is the state to checkpoint for an exact resume. The sampler also
+queues one :class:`BatchRecord` per yielded batch; the trainer pops it to learn which stream position, memory slots
+and iteration a trained batch belongs to.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class OnlineStreamSampler(Sampler[list[int]]):
         batch_size: int,
         online_iter: float,
         seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if online_iter <= 0:
             raise ValueError(f"online_iter must be positive, got {online_iter}")
@@ -71,16 +75,23 @@ class OnlineStreamSampler(Sampler[list[int]]):
         self.sample_nbytes = sample_nbytes
         self.batch_size = batch_size
         self.online_iter = online_iter
+        self.online_iter_cap: float | None = None  # set when a controller adapts online_iter (budget matching)
         self.rng = np.random.default_rng(seed)
+        self.rank, self.world_size = rank, world_size
         self.min_arrivals = method.min_arrivals(batch_size)
         self.cursor = 0  # arrivals consumed
         self.accumulator = 0.0
         self.batches_yielded = 0
+        self.pending = 0  # iterations the current arrival still owes (online_iter > 1)
+        self.stopped = False  # training is over (FLOPs budget spent): yield nothing more, also after a resume
         self.records: deque[BatchRecord] = deque()
         self.dropped = 0  # samples too large for the whole memory
 
     def __len__(self) -> int:
-        return count_iterations(len(self.stream), self.online_iter, self.min_arrivals) - self.batches_yielded
+        """Iterations over the whole stream (a resumed run's Trainer needs the same total as the original run's)."""
+        # An adapted online_iter never exceeds its cap, so the cap gives an upper bound of the iterations.
+        online_iter = max(self.online_iter, self.online_iter_cap or 0.0)
+        return count_iterations(len(self.stream), online_iter, self.min_arrivals)
 
     def arrive(self) -> int:
         """Consume the next arrival into memory; returns the number of iterations it earns."""
@@ -112,15 +123,25 @@ class OnlineStreamSampler(Sampler[list[int]]):
             labels=tuple(labels),
         )
 
+    def shard(self, rows: tuple[int, ...]) -> list[int]:
+        """This rank's contiguous part of a global batch."""
+        n = len(rows)
+        return list(rows[self.rank * n // self.world_size : (self.rank + 1) * n // self.world_size])
+
     def __iter__(self) -> Iterator[list[int]]:
-        while self.cursor < len(self.stream):
-            k = self.arrive()
-            for j in range(k):
-                record = self.compose_batch()
-                record = BatchRecord(**{**record.__dict__, "last_for_arrival": j == k - 1})
-                self.records.append(record)
-                self.batches_yielded += 1
-                yield list(record.indices)
+        # Resumable: every decision lives in attributes (cursor, pending), none in generator locals.
+        while not self.stopped:
+            if self.pending == 0:
+                if self.cursor >= len(self.stream):
+                    return
+                self.pending = self.arrive()
+                continue
+            self.pending -= 1
+            record = self.compose_batch()
+            record = BatchRecord(**{**record.__dict__, "last_for_arrival": self.pending == 0})
+            self.records.append(record)
+            self.batches_yielded += 1
+            yield self.shard(record.indices)
 
     def pop_record(self) -> BatchRecord:
         return self.records.popleft()
@@ -128,6 +149,7 @@ class OnlineStreamSampler(Sampler[list[int]]):
     def drain(self) -> Iterator[int]:
         """Consume the remaining arrivals without training (the FLOPs budget is spent); yields positions."""
         self.records.clear()
+        self.pending = 0
         while self.cursor < len(self.stream):
             self.arrive()
             yield self.cursor
@@ -137,6 +159,9 @@ class OnlineStreamSampler(Sampler[list[int]]):
             "cursor": self.cursor,
             "accumulator": self.accumulator,
             "batches_yielded": self.batches_yielded,
+            "online_iter": self.online_iter,  # budget matching adapts it along the stream
+            "pending": self.pending,
+            "stopped": self.stopped,
             "dropped": self.dropped,
             "rng": self.rng.bit_generator.state,
             "memory": self.memory.state_dict(),
@@ -147,6 +172,10 @@ class OnlineStreamSampler(Sampler[list[int]]):
         self.cursor = state["cursor"]
         self.accumulator = state["accumulator"]
         self.batches_yielded = state["batches_yielded"]
+        self.online_iter = state.get("online_iter", self.online_iter)
+        self.pending = state.get("pending", 0)
+        self.stopped = state.get("stopped", False)
+        self.records.clear()
         self.dropped = state["dropped"]
         self.rng.bit_generator.state = state["rng"]
         self.memory.load_state_dict(state["memory"])

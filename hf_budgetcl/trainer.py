@@ -16,6 +16,8 @@ Only public, overridable Trainer methods and callbacks are used:
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import math
 import os
@@ -29,16 +31,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from . import __version__
 from .blocks import find_blocks
+from .checkpointing import (
+    CheckpointSaveError,
+    ContinualStateCheckpoint,
+    find_resumable_checkpoint,
+    read_cl_state,
+    resolve_resume_checkpoint,
+)
 from .budget import FlopsLedger, FlopsProfiler, MemoryBudget, model_bytes, optimizer_state_bytes
+from .budget_matching import BudgetMatchingCallback
 from .config import BudgetedCLConfig
 from .evaluation import AnytimeSchedule, ClassificationEvaluator, CurvePoint, Evaluator, summarize_curve
-from .freezing import FreezingPolicy, NoFreezing, make_freezing_policy
+from .freezing import FreezingPolicy, make_freezing_policy
 from .memory import EpisodicMemory
 from .methods import ContinualMethod, get_method
 from .sampler import BatchRecord, OnlineStreamSampler
@@ -88,15 +99,24 @@ class BudgetedCLTrainer(Trainer):
         self.stream = stream
         self.method = method or get_method(args.method, config=args)
         self.blocks = find_blocks(self.model)
-        self.freezing: FreezingPolicy = make_freezing_policy(args.freeze or self.method.freeze, self.blocks, args)
         self.world_size = self.accelerator.num_processes
         self.global_batch_size = args.per_device_train_batch_size * self.world_size
         self._sample_nbytes = sample_nbytes
+        # Hooks, callbacks, per-slot sizes, a freeze choice that depends on the blocks: before freezing and budget.
+        self.method.setup(self)
+        self.freezing: FreezingPolicy = make_freezing_policy(args.freeze or self.method.freeze, self.blocks, args)
+        # StaticFreezing subclasses NoFreezing: test the mode, not the class.
+        self.freezes = self.freezing.describe()["mode"] != "none"
+        if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and self.freezes:
+            # ZeRO/FSDP reduce gradients through their own hooks (a missing gradient is reduced as zeros, so the
+            # optimizer would still move a "frozen" block); only DDP takes the pruned, hand-synchronised step.
+            raise ValueError(f"freeze: '{self.freezing.describe()['mode']}' needs DDP or one process; under DeepSpeed "
+                             "or FSDP use freeze none (e.g. method er/sar), see recipes/accelerate/")
 
         num_classes = len(np.unique(stream.labels))
         extra = self.method.extra_state_bytes(self.model, num_classes)
         extra.update(self.freezing.extra_state_bytes())
-        first_sample = sample_nbytes(train_dataset[int(stream.indices[0])])
+        first_sample = self.method.slot_bytes(sample_nbytes(train_dataset[int(stream.indices[0])]))
         fixed = model_bytes(self.model)
         opt_bytes = optimizer_state_bytes(self.model, str(args.optim)) if args.count_optimizer_state else 0
         total = args.memory_budget_bytes
@@ -117,10 +137,12 @@ class BudgetedCLTrainer(Trainer):
             stream,
             self.memory,
             self.method,
-            lambda index: sample_nbytes(train_dataset[index]),
+            lambda index: self.method.slot_bytes(sample_nbytes(train_dataset[index])),
             self.global_batch_size,
             args.online_iter,
             seed=args.seed,
+            rank=self.accelerator.process_index,
+            world_size=self.world_size,
         )
         self.evaluator = evaluator or (ClassificationEvaluator(eval_dataset) if eval_dataset is not None else None)
         self.schedule = AnytimeSchedule(stream, args.eval_period)
@@ -129,10 +151,17 @@ class BudgetedCLTrainer(Trainer):
         self.current_record: BatchRecord | None = None
         self.stop_reason = "stream_end"
         self.skipped_nonfinite = 0
+        self.eval_time_s = 0.0
         self.results: dict[str, Any] | None = None
         self._pending_eval: list[int] = []
         self._last_step_flops = 0.0
+        self.max_charged_step_flops = 0.0  # the dearest iteration so far, method and freezing extras included
+        self.elapsed_before_resume_s = 0.0  # training time spent by the run(s) this one resumed
+        self._train_start: float | None = None
         self.add_callback(_StreamControlCallback(self))
+        self.add_callback(ContinualStateCheckpoint(self.cl_state_dict, default=_json_default))
+        if args.budget_matching != "none":
+            self.add_callback(BudgetMatchingCallback(self, spend_savings=args.budget_matching == "spend_savings"))
         if isinstance(self.freezing, TrainerCallback):
             self.add_callback(self.freezing)
         if not args.disable_tqdm:
@@ -141,14 +170,21 @@ class BudgetedCLTrainer(Trainer):
 
     # ---- data -------------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
-        loader = DataLoader(
+        """A single-process DataLoader over the stream sampler, not prepared by accelerate.
+
+        Nothing is fetched ahead (no workers, no accelerate prefetch), so at every checkpoint the sampler has composed
+        exactly the batches trained so far; the sampler shards each global batch itself, and the collator output is
+        moved to the device here. Its own generator keeps iterating it from consuming the global torch RNG.
+        """
+        collate = self.data_collator
+        device = self.args.device
+        return DataLoader(
             self.train_dataset,
             batch_sampler=self.stream_sampler,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
+            collate_fn=lambda rows: send_to_device(collate(rows), device),
+            num_workers=0,
+            generator=torch.Generator().manual_seed(self.args.seed),
         )
-        return self.accelerator.prepare(loader)
 
     # ---- one iteration ----------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -166,7 +202,7 @@ class BudgetedCLTrainer(Trainer):
         cost = self.profiler.cost(inputs)
         # With freezing under DDP the reducer cannot know which gradients will come (the decision follows the
         # forward), so forward and backward run unsynchronised and the unfrozen suffix is all-reduced by hand.
-        sync_by_hand = self.world_size > 1 and not isinstance(self.freezing, NoFreezing)
+        sync_by_hand = self.world_size > 1 and self.freezes
         with self.accelerator.no_sync(model) if sync_by_hand else contextlib.nullcontext():
             with self.compute_loss_context_manager():
                 loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
@@ -191,6 +227,7 @@ class BudgetedCLTrainer(Trainer):
         for item, flops in self.freezing.extra_flops(self, cost).items():
             self.ledger.charge(item, flops)
         self._last_step_flops = self.ledger.total - spent
+        self.max_charged_step_flops = max(self.max_charged_step_flops, self._last_step_flops)
         self.frozen_counts[n_frozen] += 1
         return loss.detach()
 
@@ -230,7 +267,9 @@ class BudgetedCLTrainer(Trainer):
 
     def evaluate_at(self, samples_seen: int) -> dict[str, float]:
         """Evaluate on the test samples of the classes among the first ``samples_seen`` arrivals."""
+        start = time.perf_counter()
         accuracy, per_class = self.evaluator(self, self.stream.classes_seen(samples_seen))
+        self.eval_time_s += time.perf_counter() - start
         point = CurvePoint(
             samples=samples_seen,
             train_flops=self.ledger.total,
@@ -263,22 +302,93 @@ class BudgetedCLTrainer(Trainer):
                              f"({one:.4g} FLOPs)")
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Train on the stream; ``resume_from_checkpoint`` (a path, or True for the newest complete checkpoint in
+        ``output_dir``; default: ``args.resume_from_checkpoint``, else ``args.resume``) continues a run exactly."""
         start = time.perf_counter()
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint or (True if self.args.resume else None)
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if resume_from_checkpoint is True and checkpoint is None:
+            warnings.warn(f"resume: no complete checkpoint in {self.args.output_dir}; starting from the beginning",
+                          stacklevel=2)
+        if checkpoint is not None:
+            self.load_cl_state_dict(read_cl_state(checkpoint))
+        self._train_start = start
         self.check_budget_affords_one_iteration()
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
-        train_time = time.perf_counter() - start
+        try:
+            output = super().train(resume_from_checkpoint=checkpoint, trial=trial,
+                                    ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        except OSError as err:
+            if isinstance(err, CheckpointSaveError) or err.errno not in _DISK_ERRORS:
+                raise
+            last = find_resumable_checkpoint(self.args.output_dir)
+            raise CheckpointSaveError(
+                err.errno, f"writing in {self.args.output_dir} failed ({err.strerror}); "
+                + (f"the last complete checkpoint {last} is intact: rerun with --resume" if last
+                   else "no complete checkpoint yet")) from err
+        train_time = time.perf_counter() - start + self.elapsed_before_resume_s
         # Whatever training did not consume (budget spent, or no iteration left) still arrives and is evaluated.
         for position in self.stream_sampler.drain():
             for point in self.schedule.due(position):
                 self.evaluate_at(point)
         for point in self.schedule.due(len(self.stream)):
             self.evaluate_at(point)
-        self.results = self.build_results(wall_time_s=time.perf_counter() - start, train_time_s=train_time)
+        self.results = self.build_results(wall_time_s=time.perf_counter() - start + self.elapsed_before_resume_s,
+                                          train_time_s=train_time)
         if self.is_world_process_zero():
             self.save_results()
+            self.create_model_card()
             print(format_summary(self.results), file=sys.stderr)
         return output
+
+    # ---- checkpointed continual-learning state (Trainer checkpoints the model, optimizer, scheduler and RNGs) ----
+    def stream_fingerprint(self) -> str:
+        data = np.concatenate([self.stream.indices, self.stream.labels]).astype(np.int64).tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    def cl_state_dict(self) -> dict[str, Any]:
+        """Everything beyond Trainer's checkpoint that the rest of the run depends on (JSON-serialisable)."""
+        callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
+                     if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict")}
+        return {
+            "stream_fingerprint": self.stream_fingerprint(),
+            "global_step": self.state.global_step,
+            "sampler": self.stream_sampler.state_dict(),  # cursor, memory + use counts, generators, method state
+            "ledger": self.ledger.state_dict(),
+            "freezing": self.freezing.state()["attributes"] if hasattr(self.freezing, "state") else None,
+            "callbacks": callbacks,
+            "schedule_next": self.schedule.next,
+            "curve": [p.to_dict() for p in self.curve],
+            "frozen_counts": {str(k): v for k, v in self.frozen_counts.items()},
+            "stop_reason": self.stop_reason,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "eval_time_s": self.eval_time_s,
+            "last_step_flops": self._last_step_flops,
+            "max_charged_step_flops": self.max_charged_step_flops,
+            "elapsed_s": time.perf_counter() - self._train_start + self.elapsed_before_resume_s,
+        }
+
+    def load_cl_state_dict(self, state: dict[str, Any]) -> None:
+        if state["stream_fingerprint"] != self.stream_fingerprint():
+            raise ValueError("resume_from_checkpoint: the checkpoint was written for a different stream "
+                             "(stream, seed, dataset or stream_file changed)")
+        self.stream_sampler.load_state_dict(state["sampler"])
+        self.ledger.load_state_dict(state["ledger"])
+        if state["freezing"] is not None:
+            self.freezing.load_state(state["freezing"])
+        for cb in self.callback_handler.callbacks:
+            if type(cb).__name__ in state["callbacks"] and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(state["callbacks"][type(cb).__name__])
+        self.schedule.next = state["schedule_next"]
+        self.curve = [CurvePoint(**{**p, "per_class": {int(k): v for k, v in p["per_class"].items()}})
+                      for p in state["curve"]]
+        self.frozen_counts = Counter({int(k): v for k, v in state["frozen_counts"].items()})
+        self.stop_reason = state["stop_reason"]
+        self.skipped_nonfinite = state["skipped_nonfinite"]
+        self.eval_time_s = state["eval_time_s"]
+        self._last_step_flops = state["last_step_flops"]
+        self.max_charged_step_flops = state["max_charged_step_flops"]
+        self.elapsed_before_resume_s = state["elapsed_s"]
 
     def build_results(self, wall_time_s: float, train_time_s: float) -> dict[str, Any]:
         args = self.args
@@ -300,14 +410,19 @@ class BudgetedCLTrainer(Trainer):
             "samples_seen": self.stream_sampler.cursor,
             "iterations": steps,
             "online_iter": args.online_iter,
+            "budget_matching": args.budget_matching,
+            "online_iter_final": self.stream_sampler.online_iter,
             "batch_size": self.global_batch_size,
             "stopped_by": self.stop_reason,
             "skipped_nonfinite_batches": self.skipped_nonfinite,
             "wall_time_s": wall_time_s,
             "train_time_s": train_time_s,
+            "eval_time_s": self.eval_time_s,
             "iterations_per_s": steps / train_time_s if train_time_s > 0 else float("nan"),
             "world_size": self.world_size,
             "hf_budgetcl_version": __version__,
+            # evaluator-specific figures, e.g. the VQA evaluator's majority_baseline next to A_last
+            **dict(getattr(self.evaluator, "extra_results", None) or {}),
             "curve": [p.to_dict() for p in self.curve],
         }
 
@@ -319,6 +434,38 @@ class BudgetedCLTrainer(Trainer):
             json.dump(self.results, f, indent=2, default=_json_default)
         os.replace(tmp, path)
         return path
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write hf_budgetcl's card (budgets, stream, method, A_AUC/A_last model-index) to ``output_dir/README.md``.
+
+        Same signature as ``Trainer.create_model_card``, so ``push_to_hub`` renders this card too; before ``train()``
+        has produced results there is nothing to report and Trainer's own card is written instead.
+        """
+        if not self.is_world_process_zero():
+            return
+        if self.results is None:
+            return super().create_model_card(
+                language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+                tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+            )
+        from .hub import write_trainer_model_card
+
+        write_trainer_model_card(self, language=language, license=license, tags=tags, model_name=model_name,
+                                 finetuned_from=finetuned_from, tasks=tasks, dataset=dataset)
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def _json_default(value: Any) -> Any:
@@ -366,9 +513,10 @@ class _StreamControlCallback(TrainerCallback):
             if due:
                 trainer._pending_eval = due
                 control.should_evaluate = True
-        next_step = trainer.ledger.max_step_flops * trainer.world_size
+        next_step = max(trainer.ledger.max_step_flops * trainer.world_size, trainer.max_charged_step_flops)
         if math.isfinite(trainer.ledger.remaining) and not trainer.ledger.can_afford(next_step):
             trainer.stop_reason = "flops_budget"
+            trainer.stream_sampler.stopped = True  # a run resumed from this step must not train further
             control.should_training_stop = True
         return control
 

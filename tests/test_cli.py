@@ -99,3 +99,82 @@ def test_cli_override_beats_yaml_and_runs(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "replay" and results["seed"] == 2 and results["samples_seen"] == 80
     assert (out / "stream.json").exists() and (out / "model.safetensors").exists()
+
+
+# ---- data problems: corrupt images, bad labels, empty or inconsistent streams ---------------------------------
+def _image_folder(root, per_class=6, corrupt=0, corrupt_only=False):
+    """``root/{train,test}/class_{0,1}/*.png`` (8x8 grey), plus ``corrupt`` broken files in train/class_1 (in both
+    train class folders, and no readable train image, with ``corrupt_only``)."""
+    import numpy as np
+    from PIL import Image
+
+    for split, n in (("train", per_class), ("test", 2)):
+        for c in range(2):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i in range(0 if corrupt_only and split == "train" else n):
+                Image.fromarray(np.full((8, 8), 100 * c + i, np.uint8)).save(folder / f"{i}.png")
+    for j in range(corrupt):
+        for c in (0, 1) if corrupt_only else (1,):
+            (root / "train" / f"class_{c}" / f"broken{j}.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    return root
+
+
+FOLDER_RUN = ["--model_name_or_path", "digits_resnet", "--method", "er", "--memory_size", "10",
+              "--per_device_train_batch_size", "4", "--n_tasks", "2", "--eval_period", "6", "--report_to", "none",
+              "--disable_tqdm", "true"]
+
+
+def test_corrupt_images_are_skipped_with_one_warning_and_counted(tmp_path, capsys):
+    """Documented choice (README, Bad input): unreadable images are skipped and counted, not fatal."""
+    root = _image_folder(tmp_path / "imgs", corrupt=2)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="skipped 2 unreadable image"):
+        code = main(["run", "--dataset", str(root), *FOLDER_RUN, "--output_dir", str(out)])
+    assert code == 0
+    assert json.loads((out / "results.json").read_text())["samples_seen"] == 12  # the 12 readable images
+
+
+def test_a_folder_of_only_corrupt_images_is_an_error(tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs", corrupt=3, corrupt_only=True)
+    code, err = main(["run", "--dataset", str(root), *FOLDER_RUN, "--output_dir", str(tmp_path / "o")]), \
+        capsys.readouterr().err
+    line = _error_line(err)
+    assert code == 2 and "no readable images" in line and "imgs" in line
+
+
+@pytest.mark.parametrize("labels, message", [(["a", "b"], "non-negative integers"), ([0, -1], "non-negative"),
+                                             ([0.5, 1.0], "non-negative integers")])
+def test_non_integer_or_negative_dataset_labels(tmp_path, capsys, labels, message):
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+
+    pixels = [np.zeros((8, 8), np.uint8)] * 2
+    split = Dataset.from_dict({"image": pixels, "label": labels})
+    DatasetDict(train=split, test=split).save_to_disk(str(tmp_path / "saved"))
+    code, err = _run(capsys, "--dataset", str(tmp_path / "saved"), "--output_dir", str(tmp_path / "o"))
+    line = _error_line(err)
+    assert code == 2 and "'label'" in line and message in line
+
+
+def _stream_file(tmp_path, entries):
+    path = tmp_path / "stream.json"
+    path.write_text(json.dumps({"kind": "json", "params": {}, "task_boundaries": [], "stream": entries}))
+    return path
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([], "empty stream"),
+    ([{"index": 0, "label": "cat", "time": 0.0}], "integer"),
+    ([{"index": 0, "label": 1.5, "time": 0.0}], "integer"),
+    ([{"index": 0, "label": 99, "time": 0.0}], "has label 99 but dataset row 0"),  # out of the dataset's classes
+    ([{"index": -3, "label": 0, "time": 0.0}], "outside"),
+])
+def test_bad_stream_files_name_the_file(tmp_path, capsys, entries, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"A_auc": 0.5}')
+    code, err = _run(capsys, "--output_dir", str(out), "--stream_file", str(_stream_file(tmp_path, entries)))
+    line = _error_line(err)
+    assert code == 2 and "stream.json" in line and message in line
+    assert json.loads((out / "results.json").read_text()) == {"A_auc": 0.5}  # earlier outputs intact

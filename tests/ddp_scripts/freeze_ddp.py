@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.helpers import digits_trainer  # noqa: E402
 
 out = Path(sys.argv[1])
-trainer = digits_trainer(out, per_class_train=12, freeze="adaptive", freeze_warmup_steps=4, fisher_update_every=3,
+trainer = digits_trainer(out, per_class_train=12, model="fmd5_resnet", freeze="adaptive", freeze_warmup_steps=4, fisher_update_every=3,
                          ddp_backend="gloo", per_device_train_batch_size=4, eval_period=40)
 decisions, batches = [], []
 decide, pop = trainer.freezing.decide, trainer.stream_sampler.pop_record
