@@ -16,15 +16,11 @@ results.json is kept under --work_dir, and finished runs are reused when the scr
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
+from bench_common import mean_std, run_cli, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
@@ -41,30 +37,12 @@ def equal_byte_budget(memory_size: int) -> int:
 
 
 def run_one(method: str, stream: str, seed: int, args: argparse.Namespace, budget: int) -> dict:
-    out = Path(args.work_dir) / f"{stream}_{method}_s{seed}"
-    results = out / "results.json"
-    if results.exists() and not args.rerun:
-        return json.loads(results.read_text())
-    cmd = [
-        sys.executable, "-c", "import sys; from hf_budgetcl.cli import main; sys.exit(main())",
-        "run", "--config", str(CONFIG), "--method", method, "--stream", stream, "--seed", str(seed),
+    return run_cli([
+        "--config", str(CONFIG), "--method", method, "--stream", stream, "--seed", str(seed),
         "--per_class_train", str(args.per_class_train), "--per_class_test", str(args.per_class_test),
         "--eval_period", str(args.eval_period), "--memory_size", str(args.memory_size),
-        "--memory_budget_bytes", str(budget), "--output_dir", str(out), "--report_to", "none",
-        "--disable_tqdm", "true", *args.extra,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{out.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    print(f"  {out.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(results.read_text())
-
-
-def pm(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    v = np.asarray(values, dtype=float) * scale
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.{digits}f}"
+        "--memory_budget_bytes", str(budget), *args.extra,
+    ], Path(args.work_dir) / f"{stream}_{method}_s{seed}", threads=args.threads, rerun=args.rerun)
 
 
 def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> str:
@@ -83,9 +61,9 @@ def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> 
     for (stream, method), rs in runs.items():
         extra = [sum(v for k, v in r["flops_items"].items() if k.startswith("sar_")) for r in rs]
         lines.append(
-            f"| {stream} | {method} | {pm([r['A_auc'] for r in rs], 100)} | {pm([r['A_last'] for r in rs], 100)} | "
-            f"{pm([r['train_flops'] for r in rs], 1e-12, 3)} | {pm(extra, 1e-9, 2)} | "
-            f"{pm([r['memory_slots'] for r in rs], 1, 0)} | {pm([r['wall_time_s'] for r in rs], 1, 0)} |"
+            f"| {stream} | {method} | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
+            f"{mean_std([r['train_flops'] for r in rs], 1e-12, 3)} | {mean_std(extra, 1e-9, 2)} | "
+            f"{mean_std([r['memory_slots'] for r in rs], 1, 0)} | {mean_std([r['wall_time_s'] for r in rs], 1, 0)} |"
         )
     lines += ["", f"Command: `{' '.join(['python', 'scripts/benchmark_sar.py', *sys.argv[1:]])}`", ""]
     return "\n".join(lines)
@@ -122,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[str, str], list[dict]] = {}
     for (method, stream, _), r in zip(jobs, results):
         runs.setdefault((stream, method), []).append(r)
-    text = table(runs, args)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
-    print(text)
+    write_fragment(args.output, table(runs, args))
     return 0
 
 

@@ -16,15 +16,11 @@ Finished runs (results.json under --work_dir) are reused when the script is star
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
+from bench_common import mean_std, run_cli, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {m: ROOT / f"recipes/configs/easyvqa_llava_tiny_{m}.yaml" for m in ("er", "alsar")}
@@ -32,28 +28,8 @@ QUICK = ["--max_train_questions", "96", "--max_test_questions", "48", "--eval_pe
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
-    out = Path(args.work_dir) / f"{method}_s{seed}"
-    results = out / "results.json"
-    if results.exists() and not args.rerun:
-        return json.loads(results.read_text())
-    cmd = [
-        sys.executable, "-c", "import sys; from hf_budgetcl.cli import main; sys.exit(main())",
-        "run", "--config", str(CONFIGS[method]), "--seed", str(seed), "--output_dir", str(out),
-        "--report_to", "none", "--disable_tqdm", "true", *(QUICK if args.quick else []), *args.extra,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{out.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    print(f"  {out.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(results.read_text())
-
-
-def pm(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    v = np.asarray(values, dtype=float) * scale
-    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+    return run_cli(["--config", str(CONFIGS[method]), "--seed", str(seed), *(QUICK if args.quick else []), *args.extra],
+                   Path(args.work_dir) / f"{method}_s{seed}", threads=args.threads, rerun=args.rerun)
 
 
 def mean_frozen_blocks(result: dict) -> float:
@@ -85,12 +61,12 @@ def table(runs: dict[str, list[dict]], args: argparse.Namespace) -> str:
     ]
     for method, rs in runs.items():
         lines.append(
-            f"| {method} | {pm([r['A_auc'] for r in rs], 100)} | {pm([r['A_last'] for r in rs], 100)} | "
-            f"{pm([r['majority_baseline'] for r in rs], 100)} | {pm([r['train_flops'] for r in rs], 1e-12, 3)} | "
-            f"{pm([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}% | "
-            f"{pm([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks} | "
-            f"{pm([r['iterations'] for r in rs], 1, 0)} | "
-            f"{pm([r['memory_bytes']['total'] for r in rs], 2**-20, 3)} | {pm([r['wall_time_s'] for r in rs], 1, 0)} |"
+            f"| {method} | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
+            f"{mean_std([r['majority_baseline'] for r in rs], 100)} | {mean_std([r['train_flops'] for r in rs], 1e-12, 3)} | "
+            f"{mean_std([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}% | "
+            f"{mean_std([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks} | "
+            f"{mean_std([r['iterations'] for r in rs], 1, 0)} | "
+            f"{mean_std([r['memory_bytes']['total'] for r in rs], 2**-20, 3)} | {mean_std([r['wall_time_s'] for r in rs], 1, 0)} |"
         )
     for method, rs in runs.items():
         if method == "alsar":
@@ -122,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[method].append(result)
     curve = runs["er"][0]["curve"]
     args.eval_period_label = curve[0]["samples"] if curve else "?"
-    text = table(runs, args)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
-    print(text)
+    write_fragment(args.output, table(runs, args))
     return 0
 
 

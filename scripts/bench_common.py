@@ -1,0 +1,50 @@
+"""What the benchmark scripts share: running ``hf-budgetcl run`` in a fresh process, mean ± std, writing a fragment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_cli(cli_args: Sequence[str], out: Path, threads: int = 1, rerun: bool = False) -> dict:
+    """``hf-budgetcl run <cli_args> --output_dir out`` in its own process (``threads`` torch threads); returns its
+    results.json. A finished run (results.json present) is reused unless ``rerun``; the log goes to out/log.txt."""
+    results = out / "results.json"
+    if results.exists() and not rerun:
+        return json.loads(results.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "hf_budgetcl.cli", "run", *cli_args, "--output_dir", str(out),
+           "--report_to", "none", "--disable_tqdm", "true"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **OFFLINE_ENV}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    (out / "log.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not results.exists():
+        raise RuntimeError(f"{out.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    print(f"  {out.name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(results.read_text())
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std, ddof 1) of ``values * scale``; only the mean for a single value."""
+    v = np.asarray(values, dtype=float) * scale
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+
+
+def write_fragment(path: str | Path, text: str) -> None:
+    """Write a markdown fragment (scripts/make_results_page.py assembles docs/results.md from them) and echo it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)
