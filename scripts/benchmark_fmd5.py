@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""FM-D5 (docs: /shared/reference/benchmark-protocol.md): Fashion-MNIST, disjoint, 5 tasks, seeds 1-3.
+
+Runs, on this machine and in the same session, so that speeds are comparable as ratios:
+
+* ``plain``: a minimal plain-PyTorch online ER loop written to the protocol (the yardstick's first row), on the
+  same ResNet architecture as ours but as bare ``nn.Module`` code, no Trainer, no accounting;
+* hf_budgetcl ``er`` and ``alsar`` (and any other ``--methods``) through ``hf-budgetcl run`` with
+  ``recipes/configs/fashion_mnist_er.yaml``.
+
+Every run is a separate process with one torch thread; ``--jobs`` of them at a time. A plain run and an hf_budgetcl
+run of the same seed are started next to each other, so they see the same machine load. Writes
+``<work_dir>/fmd5.json`` and the markdown table ``docs/results_fmd5.md``.
+
+    python scripts/benchmark_fmd5.py [--seeds 1,2,3] [--methods er,alsar] [--jobs 2] [--per_class_train 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from bench_common import write_fragment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plain-PyTorch reference loop (protocol text, nothing from hf_budgetcl's training code)
+# --------------------------------------------------------------------------------------------------------------------
+def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -> None:
+    import torch
+    from torch import nn
+
+    from hf_budgetcl.data.images import dataset_arrays, load_fashion_mnist
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    train, test = load_fashion_mnist(per_class_train=per_class_train, per_class_test=per_class_test)
+    x_train, y_train = dataset_arrays(train)
+    x_test, y_test = dataset_arrays(test)
+    x_train = torch.from_numpy(x_train).float().div_(255)
+    x_test = torch.from_numpy(x_test).float().div_(255)
+    y_train, y_test = torch.from_numpy(y_train).long(), torch.from_numpy(y_test).long()
+
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(10)
+    stream = []
+    for t in range(5):
+        idx = np.flatnonzero(np.isin(y_train.numpy(), order[2 * t:2 * t + 2]))
+        stream.extend(idx[rng.permutation(len(idx))].tolist())
+
+    def block(cin: int, cout: int, stride: int) -> nn.Module:
+        class Basic(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(
+                    nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                    nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+                self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                              if stride != 1 or cin != cout else nn.Identity())
+
+            def forward(self, x):
+                return torch.relu(self.body(x) + self.short(x))
+        return Basic()
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        block(32, 32, 1), block(32, 64, 2), block(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    memory: list[int] = []
+    mem_rng = np.random.RandomState(seed + 1000)
+    seen: set[int] = set()
+    curve = []
+
+    def evaluate() -> float:
+        model.eval()
+        keep = torch.isin(y_test, torch.tensor(sorted(seen)))
+        with torch.no_grad():
+            pred = torch.cat([model(x_test[keep][i:i + 500]).argmax(-1) for i in range(0, int(keep.sum()), 500)])
+        model.train()
+        return float((pred == y_test[keep]).float().mean())
+
+    start = time.perf_counter()
+    eval_time, steps = 0.0, 0
+    for n, i in enumerate(stream, start=1):
+        seen.add(int(y_train[i]))
+        if len(memory) < 500:  # class-balanced replacement
+            memory.append(i)
+        else:
+            labels = y_train[memory].numpy()
+            counts = np.bincount(labels, minlength=10)
+            largest = np.flatnonzero(counts == counts.max())
+            victims = np.flatnonzero(np.isin(labels, largest[mem_rng.randint(len(largest))]))
+            memory[victims[mem_rng.randint(len(victims))]] = i
+        if n >= 8:
+            batch = stream[n - 8:n]
+            if len(memory) >= 8:
+                batch = batch + [memory[j] for j in mem_rng.choice(len(memory), 8, replace=False)]
+            loss = loss_fn(model(x_train[batch]), y_train[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+        if n % 500 == 0 or n == len(stream):
+            t0 = time.perf_counter()
+            curve.append(evaluate())
+            eval_time += time.perf_counter() - t0
+    wall = time.perf_counter() - start
+    Path(out).write_text(json.dumps({
+        "method": "plain", "seed": seed, "A_auc": float(np.mean(curve)), "A_last": curve[-1], "curve": curve,
+        "iterations": steps, "samples_seen": len(stream), "wall_time_s": wall, "eval_time_s": eval_time,
+    }))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------------------------------
+def run_job(job: tuple[str, int], args: argparse.Namespace) -> dict:
+    method, seed = job
+    run_dir = Path(args.work_dir) / f"{method.replace('+', '_')}_seed{seed}"
+    result = run_dir / ("plain.json" if method == "plain" else "results.json")
+    if result.exists():  # reuse finished runs when the script is restarted
+        return json.loads(result.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if method == "plain":
+        cmd = [sys.executable, __file__, "--plain_seed", str(seed), "--plain_out", str(result),
+               "--per_class_train", str(args.per_class_train), "--per_class_test", str(args.per_class_test)]
+    else:
+        cmd = [sys.executable, "-m", "hf_budgetcl.cli", "run", "--config", str(CONFIG), "--method", method,
+               "--seed", str(seed), "--output_dir", str(run_dir), "--per_class_train", str(args.per_class_train),
+               "--per_class_test", str(args.per_class_test), "--disable_tqdm", "true", "--report_to", "none",
+               "--save_strategy", "no"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not result.exists():
+        raise RuntimeError(f"{method} seed {seed} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    out = json.loads(result.read_text())
+    out["process_wall_s"] = time.perf_counter() - t0
+    result.write_text(json.dumps(out))
+    print(f"done {method} seed {seed}: A_AUC {100 * out['A_auc']:.2f} A_last {100 * out['A_last']:.2f} "
+          f"wall {out['wall_time_s']:.0f}s", flush=True)
+    return out
+
+
+def table(runs: list[dict], methods: list[str], args: argparse.Namespace) -> str:
+    def ms(values: list[float]) -> str:
+        v = np.asarray(values, dtype=float)
+        return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+    plain = [r for r in runs if r["method"] == "plain"]
+    plain_speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in plain])
+    lines = [
+        f"FM-D5, seeds {args.seeds}, {args.per_class_train} train / {args.per_class_test} test images per class, "
+        f"2-core CPU shared by {args.jobs} runs at a time, 1 torch thread each.",
+        "",
+        "| system | seeds | A_AUC | A_last | training samples/s | vs plain loop | train TFLOPs | backward saved "
+        "| wall-clock s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method in ["plain", *methods]:
+        rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
+        speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in rs])
+        flops = (f"{np.mean([r['train_flops'] for r in rs]) / 1e12:.2f}" if "train_flops" in rs[0] else "–")
+        saved = (f"{100 * np.mean([r['backward_flops_saved_fraction'] for r in rs]):.1f}%"
+                 if "backward_flops_saved_fraction" in rs[0] else "–")
+        name = "plain-PyTorch online ER loop (this script)" if method == "plain" else f"hf_budgetcl `{method}`"
+        lines.append(
+            f"| {name} | {','.join(str(r['seed']) for r in rs)} | {ms([100 * r['A_auc'] for r in rs])} "
+            f"| {ms([100 * r['A_last'] for r in rs])} | {speed:.1f} | {speed / plain_speed:.2f}× | {flops} | {saved} "
+            f"| {np.mean([r['wall_time_s'] for r in rs]):.0f} |")
+    lines += ["", "Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--methods", default="er,alsar")
+    parser.add_argument("--plain_seeds", default=None, help="seeds of the plain loop (default: --seeds)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--per_class_train", type=int, default=1000)
+    parser.add_argument("--per_class_test", type=int, default=500)
+    parser.add_argument("--work_dir", default=str(ROOT / "out/fmd5"))
+    parser.add_argument("--output", default=str(ROOT / "docs/results_fmd5.md"))
+    parser.add_argument("--plain_seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--plain_out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_seed is not None:
+        plain_loop(args.plain_seed, args.per_class_train, args.per_class_test, args.plain_out)
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    # Pair each plain run with an hf_budgetcl run of the same seed so that the two share the machine's load.
+    plain_seeds = [int(s) for s in (args.plain_seeds or args.seeds).split(",") if s]
+    jobs = [(m, s) for s in seeds for m in (("plain",) if s in plain_seeds else ()) + tuple(methods)]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(lambda j: run_job(j, args), jobs))
+    Path(args.work_dir, "fmd5.json").write_text(json.dumps(runs, indent=1))
+    text = table(runs, methods, args)
+    write_fragment(args.output, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
