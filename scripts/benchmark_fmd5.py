@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import write_fragment
+from bench_common import mean_std, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
@@ -157,14 +157,13 @@ def run_job(job: tuple[str, int], args: argparse.Namespace) -> dict:
 
 def table(runs: list[dict], methods: list[str], args: argparse.Namespace) -> str:
     def ms(values: list[float]) -> str:
-        v = np.asarray(values, dtype=float)
-        return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+        return mean_std(values)
 
     plain = [r for r in runs if r["method"] == "plain"]
     plain_speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in plain])
     lines = [
         f"FM-D5, seeds {args.seeds}, {args.per_class_train} train / {args.per_class_test} test images per class, "
-        f"2-core CPU shared by {args.jobs} runs at a time, 1 torch thread each.",
+        f"{args.jobs} runs at a time on the 2-core CPU (plus whatever else the machine runs), 1 torch thread each.",
         "",
         "| system | seeds | A_AUC | A_last | training samples/s | vs plain loop | train TFLOPs | backward saved "
         "| wall-clock s |",
