@@ -28,12 +28,13 @@ class CheckpointSaveError(OSError):
     """Writing a checkpoint failed (e.g. the disk is full); the message names the last complete checkpoint."""
 
 
-def write_json_atomic(path: str, value: Any, default: Callable[[Any], Any] | None = None) -> None:
+def write_json_atomic(path: str, value: Any, default: Callable[[Any], Any] | None = None,
+                      indent: int | None = None) -> None:
     """Write ``value`` as JSON to ``path`` so that ``path`` is either the old file or the complete new one."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(value, f, default=default)
+            json.dump(value, f, default=default, indent=indent)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import math
 import os
 import sys
@@ -44,6 +43,7 @@ from .checkpointing import (
     find_resumable_checkpoint,
     read_cl_state,
     resolve_resume_checkpoint,
+    write_json_atomic,
 )
 from .budget import FlopsLedger, FlopsProfiler, MemoryBudget, model_bytes, optimizer_state_bytes
 from .budget_matching import BudgetMatchingCallback
@@ -429,10 +429,7 @@ class BudgetedCLTrainer(Trainer):
     def save_results(self, path: str | None = None) -> str:
         path = path or os.path.join(self.args.output_dir, "results.json")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:  # write then rename: a crash never leaves a half-written results.json
-            json.dump(self.results, f, indent=2, default=_json_default)
-        os.replace(tmp, path)
+        write_json_atomic(path, self.results, default=_json_default, indent=2)  # never a half-written results.json
         return path
 
     def create_model_card(

@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def round_robin(runs: dict[str, list[str] | None], rounds: int) -> dict[str, list[dict]]:
+def round_robin(runs: dict[str, list[str] | None], rounds: int,
+                plain_args: tuple[int, int, int] = (1, 100, 20)) -> dict[str, list[dict]]:
     """Run every named configuration once per round, round-robin, in this process; ``None`` = the plain loop
-    (FM-D5 settings, seed 1) and a list = ``hf-budgetcl run`` arguments. Returns each run's results per round."""
+    (FM-D5 settings; ``plain_args`` = seed, per_class_train, per_class_test) and a list = ``hf-budgetcl run``
+    arguments. Returns each run's results per round."""
     import torch
 
     torch.set_num_threads(1)
@@ -41,7 +43,7 @@ def round_robin(runs: dict[str, list[str] | None], rounds: int) -> dict[str, lis
                 path = Path(tmp, f"{len(out[name])}_{name.replace('/', '_')}")
                 if argv is None:
                     path.mkdir()
-                    plain_loop(*PLAIN_ARGS, str(path / "plain.json"))
+                    plain_loop(*plain_args, str(path / "plain.json"))
                     res = json.loads((path / "plain.json").read_text())
                 else:
                     res = run([*argv, "--output_dir", str(path), "--report_to", "none", "--disable_tqdm", "true",
@@ -52,9 +54,6 @@ def round_robin(runs: dict[str, list[str] | None], rounds: int) -> dict[str, lis
     return out
 
 
-PLAIN_ARGS = (1, 100, 20)  # seed, per_class_train, per_class_test; set by main
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per_class_train", type=int, default=100)
@@ -62,8 +61,6 @@ def main() -> int:
     parser.add_argument("--methods", default="er,alsar")
     parser.add_argument("--output", default=str(ROOT / "docs/results_speed.md"))
     args = parser.parse_args()
-    global PLAIN_ARGS
-    PLAIN_ARGS = (1, args.per_class_train, 20)
     from benchmark_fmd5 import CONFIG
 
     methods = [m for m in args.methods.split(",") if m]
@@ -71,7 +68,7 @@ def main() -> int:
     for method in methods:
         runs[method] = ["--config", str(CONFIG), "--method", method, "--seed", "1",
                         "--per_class_train", str(args.per_class_train), "--per_class_test", "20"]
-    results = round_robin(runs, args.rounds)
+    results = round_robin(runs, args.rounds, plain_args=(1, args.per_class_train, 20))
     speeds = {name: [r["train_samples_per_s"] for r in rs] for name, rs in results.items()}
     base = np.median(speeds["plain"])
     lines = [
