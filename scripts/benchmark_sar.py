@@ -36,13 +36,33 @@ def equal_byte_budget(memory_size: int) -> int:
     return model_bytes(model) + memory_size * SAMPLE_BYTES
 
 
-def run_one(method: str, stream: str, seed: int, args: argparse.Namespace, budget: int) -> dict:
+def variant_flags(entry: str) -> tuple[str, list[str]]:
+    """``"sar:sar_temperature=0.03,similarity_ema=0.01"`` -> ``("sar", ["--sar_temperature", "0.03", ...])``; later
+    flags win, so a variant's ``memory_size`` caps the slots while the byte budget stays the common one."""
+    method, _, options = entry.partition(":")
+    pairs = [kv.split("=", 1) for kv in options.split(",") if kv]
+    if any(len(kv) != 2 for kv in pairs):
+        raise SystemExit(f"--methods: expected method[:key=value,...], got {entry!r}")
+    return method, [x for k, v in pairs for x in (f"--{k}", v)]
+
+
+def run_one(entry: str, stream: str, seed: int, args: argparse.Namespace, budget: int) -> dict:
+    method, flags = variant_flags(entry)
+    name = entry.replace(":", "+").replace(",", "+")
     return run_cli([
         "--config", str(CONFIG), "--method", method, "--stream", stream, "--seed", str(seed),
         "--per_class_train", str(args.per_class_train), "--per_class_test", str(args.per_class_test),
         "--eval_period", str(args.eval_period), "--memory_size", str(args.memory_size),
-        "--memory_budget_bytes", str(budget), *args.extra,
-    ], Path(args.work_dir) / f"{stream}_{method}_s{seed}", threads=args.threads, rerun=args.rerun)
+        "--memory_budget_bytes", str(budget), *args.extra, *flags,
+    ], Path(args.work_dir) / f"{stream}_{name}_s{seed}", threads=args.threads, rerun=args.rerun)
+
+
+def paired_delta(rs: list[dict], baseline: list[dict] | None) -> str:
+    """Mean ± std over seeds of (A_AUC - replay's A_AUC on the same seed and stream): the seed's stream order and
+    initialisation are shared, so this spread is the method's own, not the seeds'."""
+    if not baseline or rs is baseline:
+        return "–"
+    return mean_std([a["A_auc"] - b["A_auc"] for a, b in zip(rs, baseline)], 100)
 
 
 def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> str:
@@ -55,13 +75,15 @@ def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> 
         f"samples, seeds {', '.join(map(str, args.seeds))}; mean ± std (ddof 1). TFLOPs: measured training FLOPs "
         "(FlopCounterMode units, 2 per MAC) incl. SAR's bookkeeping; wall: whole run incl. evaluation.",
         "",
-        "| stream | method | A_AUC (%) | A_last (%) | TFLOPs | SAR extra GFLOPs | memory slots | wall (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stream | method | A_AUC (%) | A_last (%) | Δ A_AUC vs replay, paired (pt) | TFLOPs | SAR extra GFLOPs | "
+        "memory slots | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (stream, method), rs in runs.items():
         extra = [sum(v for k, v in r["flops_items"].items() if k.startswith("sar_")) for r in rs]
         lines.append(
-            f"| {stream} | {method} | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
+            f"| {stream} | `{method}` | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
+            f"{paired_delta(rs, runs.get((stream, 'replay')))} | "
             f"{mean_std([r['train_flops'] for r in rs], 1e-12, 3)} | {mean_std(extra, 1e-9, 2)} | "
             f"{mean_std([r['memory_slots'] for r in rs], 1, 0)} | {mean_std([r['wall_time_s'] for r in rs], 1, 0)} |"
         )
@@ -73,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", default=None, help="markdown table (default docs/results_sar.md; --quick: work_dir)")
     p.add_argument("--work_dir", default=str(ROOT / "out/benchmark_sar"))
-    p.add_argument("--methods", nargs="+", default=["replay", "sar"])
+    p.add_argument("--methods", nargs="+", default=["replay", "sar"],
+                   help="method or method:key=value,... (an ablation), e.g. sar:similarity_ema=1e-12")
     p.add_argument("--streams", nargs="+", default=["gaussian", "disjoint"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--per_class_train", type=int, default=1000)

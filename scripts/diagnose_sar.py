@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""What SAR's retrieval actually does during a run: one in-process ``hf-budgetcl run`` with SAR's draw observed.
+
+Every ``--every`` retrievals after SAR's warm-up it records, from the state the draw used:
+
+* how the two terms of ``c_hat_i = (1 - S_ii) u_i + sum_c S_{y_i c} U_c`` compare (mean absolute size over slots),
+  and the share of slots whose ``c_hat`` the reference clamp ``max(0, .)`` sets to 0;
+* the diagonal and off-diagonal means of the class similarity ``S``;
+* the effective number of slots the draw spreads over, ``exp(H(p)) / |M|`` (1 = uniform);
+* the share of the batch from the newest class in memory against its share of memory (> 1: the draw favours it);
+* the mean stream position of the drawn samples against that of memory (> 0: the draw favours recent samples).
+
+    python scripts/diagnose_sar.py -- --config recipes/configs/fashion_mnist_er.yaml --method sar \
+        --per_class_train 200 --per_class_test 100 --memory_size 200 --output_dir /tmp/diag_sar
+
+Everything after ``--`` is passed to ``hf-budgetcl run``. Prints a table, writes it with the run's results as
+``diagnose_sar.json`` in the run's output directory and, with ``--output``, as a markdown fragment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def observe(records: list[dict], every: int):
+    """Wrap ``SAR.retrieve`` so that every ``every``-th draw after warm-up is described in ``records``."""
+    from hf_budgetcl.methods.sar import SAR
+    from hf_budgetcl.retrieval_math import effective_use_frequency, retrieval_probabilities
+
+    original = SAR.retrieve
+    calls = {"n": 0}
+
+    def retrieve(self, memory, n, rng, samples_seen):
+        slots = original(self, memory, n, rng, samples_seen)
+        calls["n"] += 1
+        if samples_seen < self.warmup_samples or calls["n"] % every:
+            return slots
+        y = np.asarray(memory.labels, dtype=np.int64)
+        u = np.asarray(memory.use_counts, dtype=np.float64)  # already incremented for this draw: undo it
+        np.subtract.at(u, slots, 1.0)
+        U = self.class_counts.copy()
+        np.subtract.at(U, y[slots], 1.0)
+        S = self.S
+        own = (1.0 - np.diag(S)[y]) * u
+        sim = (S @ U)[y]
+        c_hat = effective_use_frequency(u, y, U, S, paper_compat=self.scale_by_memory)
+        p = retrieval_probabilities(c_hat, self.temperature)
+        entropy = -np.sum(p[p > 0] * np.log(p[p > 0]))
+        order = np.asarray(memory.indices)  # stream position = dataset index order of arrival
+        newest = y[np.argmax(order)]
+        off = S[~np.eye(len(S), dtype=bool)] if len(S) > 1 else np.zeros(1)
+        present = np.unique(y)
+        records.append({
+            "samples_seen": int(samples_seen),
+            "own_term": float(np.abs(own).mean()),
+            "similarity_term": float(np.abs(sim).mean()),
+            "clamped_share": float(np.mean((own + sim) < 0)),
+            "S_diag": float(np.diag(S)[present].mean()),
+            "S_offdiag": float(off.mean()),
+            "effective_slots": float(np.exp(entropy) / len(y)),
+            "newest_class_lift": float(np.mean(y[slots] == newest) / max(np.mean(y == newest), 1e-9)),
+            "recency_shift": float(np.mean(self._arrival[order[slots]]) - np.mean(self._arrival[order]))
+            if getattr(self, "_arrival", None) is not None else float("nan"),
+        })
+        return slots
+
+    SAR.retrieve = retrieve
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--every", type=int, default=25, help="describe every n-th draw")
+    parser.add_argument("--output", default=None, help="markdown fragment to write, e.g. docs/sar_diagnosis.md")
+    parser.add_argument("run_args", nargs=argparse.REMAINDER, help="-- then the hf-budgetcl run arguments")
+    args = parser.parse_args()
+    run_args = [a for a in args.run_args if a != "--"]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    records: list[dict] = []
+    observe(records, args.every)
+
+    from hf_budgetcl.methods.sar import SAR
+    from hf_budgetcl.runs import image_classification
+
+    # Stream position of every dataset index, for the recency column (set once the stream exists).
+    make_stream = image_classification.make_stream
+
+    def make_stream_and_positions(config, train, data_args):
+        stream = make_stream(config, train, data_args)
+        arrival = np.full(len(train), np.nan)
+        arrival[np.asarray(stream.indices)] = np.arange(len(stream.indices))
+        SAR._arrival = arrival
+        return stream
+
+    image_classification.make_stream = make_stream_and_positions
+    trainer = image_classification.run(run_args)
+    out = Path(trainer.args.output_dir)
+    results = json.loads((out / "results.json").read_text())
+    keys = list(records[0]) if records else []
+    lines = [
+        f"`{results['method']}` on a {results['stream']['kind'] if isinstance(results.get('stream'), dict) else ''} "
+        f"stream, {results['memory_slots']} memory slots, batch {results['batch_size']}, seed {results['seed']}: "
+        f"A_AUC {100 * results['A_auc']:.2f}, A_last {100 * results['A_last']:.2f}. One row every {args.every} "
+        "draws after SAR's warm-up; columns as in the script's docstring.",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+        *("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
+          for r in records),
+        "",
+        f"Command: `python scripts/diagnose_sar.py {' '.join(sys.argv[1:])}`",
+    ]
+    (out / "diagnose_sar.json").write_text(json.dumps({"records": records, "results": results}, indent=1))
+    if args.output:
+        from bench_common import write_fragment
+
+        write_fragment(args.output, "\n".join(lines) + "\n")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
