@@ -167,3 +167,33 @@ def test_each_rank_yields_its_contiguous_shard():
     shards = [list(_sampler(online_iter=1.0, rank=r, world_size=2)) for r in (0, 1)]
     assert [a + b for a, b in zip(*shards)] == global_batches
     assert all(len(a) == len(b) == 2 for a, b in zip(*shards))
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists(), reason="no torchrun")
+def test_two_process_alsar_killed_then_resumed_matches_uninterrupted(tmp_path):
+    """2 DDP ranks (gloo): both SIGKILLed at iteration 51, then resumed from checkpoint-40 with 2 ranks again; the
+    result equals an uninterrupted 2-rank run (same frozen prefixes, SAR state and weights)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ddp = ["--use_cpu", "true", "--ddp_backend", "gloo"]
+
+    def launch(out: Path, kill_at: int, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "tests/resume_scripts/run_killed.py"), str(kill_at), *ALSAR_ARGS, *ddp,
+               "--output_dir", str(out), *extra]
+        return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    full, out = tmp_path / "full", tmp_path / "killed"
+    proc = launch(full, 10**9)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = _results(full)
+    assert reference["world_size"] == 2 and any(int(k) > 0 for k in reference["frozen_blocks_histogram"])
+
+    proc = launch(out, 50, "--resume", "true")
+    assert proc.returncode != 0 and not (out / "results.json").exists()  # the ranks died mid-stream
+    assert find_resumable_checkpoint(str(out)) == str(out / "checkpoint-40")
+
+    proc = launch(out, 10**9, "--resume", "true", "--log_level", "info")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loading model from" in proc.stdout + proc.stderr and "checkpoint-40" in proc.stdout + proc.stderr
+    assert _results(out) == reference
+    assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
