@@ -69,6 +69,14 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
     return summary
 
 
+def _pm(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of a summary entry; ``–`` when undefined (F_last of a single evaluation), no ``±`` for one seed."""
+    mean, std = row[key] * scale, row[f"{key}_std"] * scale
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(row["seeds"]) > 1 else "")
+
+
 def to_markdown(summary: dict[str, Any]) -> str:
     lines = ["| method | seeds | A_AUC | A_last | F_last | TFLOPs | bwd saved | memory MB | iterations | "
              "train samples/s | wall-clock s |",
@@ -79,12 +87,10 @@ def to_markdown(summary: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {method} | {','.join(map(str, row['seeds']))} "
-            f"| {100 * row['A_auc']:.2f} ± {100 * row['A_auc_std']:.2f} "
-            f"| {100 * row['A_last']:.2f} ± {100 * row['A_last_std']:.2f} "
-            f"| {100 * row['F_last']:.2f} ± {100 * row['F_last_std']:.2f} "
+            f"| {_pm(row, 'A_auc')} | {_pm(row, 'A_last')} | {_pm(row, 'F_last')} "
             f"| {row['train_flops'] / 1e12:.3f} | {100 * row['backward_flops_saved_fraction']:.1f}% "
             f"| {row['memory_bytes'] / 1e6:.2f} | {row['iterations']:.0f} | {row['train_samples_per_s']:.1f} "
-            f"| {row['wall_time_s']:.0f} ± {row['wall_time_s_std']:.0f} |")
+            f"| {_pm(row, 'wall_time_s', 1.0, 0)} |")
     return "\n".join(lines) + "\n"
 
 

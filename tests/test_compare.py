@@ -22,6 +22,12 @@ def test_summary_mean_and_sample_std():
     assert "| er | 1,2 | 60.00 ± 14.14 |" in md and "failed: boom" in md
 
 
+def test_summary_of_one_seed_without_forgetting_shows_no_spread():
+    run = {**_fake("er", 1, 0.5, 1e12), "F_last": float("nan")}  # a single evaluation: forgetting undefined
+    md = to_markdown(summarize([run], ["er"]))
+    assert "| er | 1 | 50.00 | " in md and "| – |" in md and "±" not in md and "nan" not in md
+
+
 def test_compare_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "cmp"
     code = main(["compare", "--config", "recipes/configs/digits_er.yaml", "--methods", "er,replay", "--seeds", "1",
