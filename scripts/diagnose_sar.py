@@ -3,11 +3,12 @@
 
 Every ``--every`` retrievals after SAR's warm-up it records, from the state the draw used:
 
-* how the two terms of ``c_hat_i = (1 - S_ii) u_i + sum_c S_{y_i c} U_c`` compare (mean absolute size over slots),
-  and the share of slots whose ``c_hat`` the reference clamp ``max(0, .)`` sets to 0;
-* the diagonal and off-diagonal means of the class similarity ``S``;
+* how the own-count term ``(1 - S_ii) u_i`` and the class term ``sum_c S_{y_i c} U_c`` of ``c_hat_i`` compare (mean
+  absolute size over slots), and the share of slots whose ``c_hat`` the reference clamp ``max(0, .)`` sets to 0;
+* the diagonal and off-diagonal means of the class similarity ``S`` over the classes in memory;
 * the effective number of slots the draw spreads over, ``exp(H(p)) / |M|`` (1 = uniform);
-* the share of the batch from the newest class in memory against its share of memory (> 1: the draw favours it);
+* the share of the batch from the class introduced last (first arrival latest) against its share of memory (> 1: the
+  draw favours it);
 * the mean stream position of the drawn samples against that of memory (> 0: the draw favours recent samples).
 
     python scripts/diagnose_sar.py -- --config recipes/configs/fashion_mnist_er.yaml --method sar \
@@ -41,32 +42,31 @@ def observe(records: list[dict], every: int):
         calls["n"] += 1
         if samples_seen < self.warmup_samples or calls["n"] % every:
             return slots
+        # retrieve() decays the counts before drawing and the sampler adds this draw's uses only afterwards
+        # (on_retrieved): the state here is the one the draw used.
         y = np.asarray(memory.labels, dtype=np.int64)
-        u = np.asarray(memory.use_counts, dtype=np.float64)  # already incremented for this draw: undo it
-        np.subtract.at(u, slots, 1.0)
-        U = self.class_counts.copy()
-        np.subtract.at(U, y[slots], 1.0)
-        S = self.S
+        u = np.asarray(memory.use_counts, dtype=np.float64)
+        U, S = self.class_counts, self.S
         own = (1.0 - np.diag(S)[y]) * u
         sim = (S @ U)[y]
         c_hat = effective_use_frequency(u, y, U, S, paper_compat=self.scale_by_memory)
         p = retrieval_probabilities(c_hat, self.temperature)
         entropy = -np.sum(p[p > 0] * np.log(p[p > 0]))
-        order = np.asarray(memory.indices)  # stream position = dataset index order of arrival
-        newest = y[np.argmax(order)]
-        off = S[~np.eye(len(S), dtype=bool)] if len(S) > 1 else np.zeros(1)
+        arrival = SAR._arrival[np.asarray(memory.indices)]  # stream position of every stored sample
         present = np.unique(y)
+        newest = present[np.argmax(SAR._first_arrival[present])]  # the class introduced last
+        Sp = S[np.ix_(present, present)]
+        off = Sp[~np.eye(len(Sp), dtype=bool)] if len(Sp) > 1 else np.zeros(1)
         records.append({
             "samples_seen": int(samples_seen),
-            "own_term": float(np.abs(own).mean()),
-            "similarity_term": float(np.abs(sim).mean()),
+            "own_count_term": float(np.abs(own).mean()),
+            "class_term": float(np.abs(sim).mean()),
             "clamped_share": float(np.mean((own + sim) < 0)),
             "S_diag": float(np.diag(S)[present].mean()),
             "S_offdiag": float(off.mean()),
             "effective_slots": float(np.exp(entropy) / len(y)),
             "newest_class_lift": float(np.mean(y[slots] == newest) / max(np.mean(y == newest), 1e-9)),
-            "recency_shift": float(np.mean(self._arrival[order[slots]]) - np.mean(self._arrival[order]))
-            if getattr(self, "_arrival", None) is not None else float("nan"),
+            "recency_shift": float(np.mean(arrival[slots]) - np.mean(arrival)),
         })
         return slots
 
@@ -95,6 +95,8 @@ def main() -> int:
         arrival = np.full(len(train), np.nan)
         arrival[np.asarray(stream.indices)] = np.arange(len(stream.indices))
         SAR._arrival = arrival
+        labels = np.asarray(stream.labels)
+        SAR._first_arrival = np.array([np.argmax(labels == c) for c in range(int(labels.max()) + 1)])
         return stream
 
     image_classification.make_stream = make_stream_and_positions
