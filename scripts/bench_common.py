@@ -19,12 +19,20 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 
 def run_cli(cli_args: Sequence[str], out: Path, threads: int = 1, rerun: bool = False) -> dict:
     """``hf-budgetcl run <cli_args> --output_dir out`` in its own process (``threads`` torch threads); returns its
-    results.json. A finished run (results.json present) is reused unless ``rerun``; the log goes to out/log.txt."""
-    results = out / "results.json"
-    if results.exists() and not rerun:
+    results.json. A finished run (results.json present, made with the same ``cli_args``, recorded in out/cmd.json) is
+    reused unless ``rerun``; the log goes to out/log.txt."""
+    results, recorded = out / "results.json", out / "cmd.json"
+    args = [str(a) for a in cli_args]
+    # Reuse only a run made with the same arguments (runs from before cmd.json existed are reused as they are).
+    same = not recorded.exists() or json.loads(recorded.read_text()) == args
+    if results.exists() and same and not rerun:
         return json.loads(results.read_text())
+    if results.exists() and not same:
+        print(f"  {out.name}: arguments changed, running again", file=sys.stderr, flush=True)
+        results.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "hf_budgetcl.cli", "run", *cli_args, "--output_dir", str(out),
+    recorded.write_text(json.dumps(args))
+    cmd = [sys.executable, "-m", "hf_budgetcl.cli", "run", *args, "--output_dir", str(out),
            "--report_to", "none", "--disable_tqdm", "true"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), **OFFLINE_ENV}
     start = time.perf_counter()
@@ -48,3 +56,13 @@ def write_fragment(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(text)
+
+
+def variant_flags(entry: str) -> tuple[str, list[str]]:
+    """``"sar:sar_temperature=0.03,similarity_ema=0.01"`` -> ``("sar", ["--sar_temperature", "0.03", ...])``; later
+    flags win, so a variant's ``memory_size`` caps the slots while the byte budget stays the common one."""
+    method, _, options = entry.partition(":")
+    pairs = [kv.split("=", 1) for kv in options.split(",") if kv]
+    if any(len(kv) != 2 for kv in pairs):
+        raise SystemExit(f"expected name[:key=value,...], got {entry!r}")
+    return method, [x for k, v in pairs for x in (f"--{k}", v)]

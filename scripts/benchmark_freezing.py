@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import mean_std, run_cli, write_fragment
+from bench_common import mean_std, run_cli, variant_flags, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -54,7 +54,7 @@ def main() -> int:
     runs = {f"{data}|{freeze}": [*argv, "--method", args.method, "--freeze", freeze]
             for data, argv in datasets.items() for freeze in ("none", "adaptive")}
     for variant in args.variants:
-        flags = [x for kv in variant.split(",") for x in (f"--{kv.split('=')[0]}", kv.split("=", 1)[1])]
+        _, flags = variant_flags(f"adaptive:{variant}")
         runs.update({f"{data}|adaptive {variant}": [*argv, "--method", args.method, "--freeze", "adaptive", *flags]
                      for data, argv in datasets.items()})
     timed = [name for name in runs if name.endswith(("|none", "|adaptive"))]

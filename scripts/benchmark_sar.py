@@ -20,7 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import mean_std, run_cli, write_fragment
+from bench_common import mean_std, run_cli, variant_flags, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
@@ -36,19 +36,9 @@ def equal_byte_budget(memory_size: int) -> int:
     return model_bytes(model) + memory_size * SAMPLE_BYTES
 
 
-def variant_flags(entry: str) -> tuple[str, list[str]]:
-    """``"sar:sar_temperature=0.03,similarity_ema=0.01"`` -> ``("sar", ["--sar_temperature", "0.03", ...])``; later
-    flags win, so a variant's ``memory_size`` caps the slots while the byte budget stays the common one."""
-    method, _, options = entry.partition(":")
-    pairs = [kv.split("=", 1) for kv in options.split(",") if kv]
-    if any(len(kv) != 2 for kv in pairs):
-        raise SystemExit(f"--methods: expected method[:key=value,...], got {entry!r}")
-    return method, [x for k, v in pairs for x in (f"--{k}", v)]
-
-
 def run_one(entry: str, stream: str, seed: int, args: argparse.Namespace, budget: int) -> dict:
     method, flags = variant_flags(entry)
-    name = entry.replace(":", "+").replace(",", "+")
+    name = entry.replace(":", "+").replace(",", "+").replace("/", "_")
     return run_cli([
         "--config", str(CONFIG), "--method", method, "--stream", stream, "--seed", str(seed),
         "--per_class_train", str(args.per_class_train), "--per_class_test", str(args.per_class_test),

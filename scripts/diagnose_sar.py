@@ -6,7 +6,8 @@ Every ``--every`` retrievals after SAR's warm-up it records, from the state the 
 * how the own-count term ``(1 - S_ii) u_i`` and the class term ``sum_c S_{y_i c} U_c`` of ``c_hat_i`` compare (mean
   absolute size over slots), and the share of slots whose ``c_hat`` the reference clamp ``max(0, .)`` sets to 0;
 * the diagonal and off-diagonal means of the class similarity ``S`` over the classes in memory;
-* the effective number of slots the draw spreads over, ``exp(H(p)) / |M|`` (1 = uniform);
+* the effective number of slots the draw spreads over, ``exp(H(p)) / |M|`` (1 = uniform), for the batch's first
+  pick (the batch is drawn without replacement);
 * the share of the batch from the class introduced last (first arrival latest) against its share of memory (> 1: the
   draw favours it);
 * the mean stream position of the drawn samples against that of memory (> 0: the draw favours recent samples).
@@ -61,7 +62,7 @@ def observe(records: list[dict], every: int):
             "samples_seen": int(samples_seen),
             "own_count_term": float(np.abs(own).mean()),
             "class_term": float(np.abs(sim).mean()),
-            "clamped_share": float(np.mean((own + sim) < 0)),
+            "clamped_share": float(np.mean((own + sim) < 0)) if self.scale_by_memory else float("nan"),
             "S_diag": float(np.diag(S)[present].mean()),
             "S_offdiag": float(off.mean()),
             "effective_slots": float(np.exp(entropy) / len(y)),

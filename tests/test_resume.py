@@ -189,11 +189,12 @@ def test_two_process_alsar_killed_then_resumed_matches_uninterrupted(tmp_path):
     assert reference["world_size"] == 2 and any(int(k) > 0 for k in reference["frozen_blocks_histogram"])
 
     proc = launch(out, 50, "--resume", "true")
-    assert proc.returncode != 0 and not (out / "results.json").exists()  # the ranks died mid-stream
+    assert proc.returncode != 0 and not (out / "results.json").exists()
+    assert "Signal 9 (SIGKILL)" in proc.stderr or "exitcode  : -9" in proc.stderr, proc.stderr[-3000:]  # killed
     assert find_resumable_checkpoint(str(out)) == str(out / "checkpoint-40")
 
     proc = launch(out, 10**9, "--resume", "true", "--log_level", "info")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Loading model from" in proc.stdout + proc.stderr and "checkpoint-40" in proc.stdout + proc.stderr
+    assert "global step 40" in proc.stdout + proc.stderr  # Trainer: "Resuming training from checkpoint ..."
     assert _results(out) == reference
     assert (out / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
