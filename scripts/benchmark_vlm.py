@@ -9,6 +9,7 @@ easyvqa_llava_tiny_{er,alsar}.yaml) plus any overrides given after ``--``.
     python scripts/benchmark_vlm.py                      # writes docs/results_vlm.md
     python scripts/benchmark_vlm.py --seeds 1 2 3        # several seeds (pairs run one after another)
     python scripts/benchmark_vlm.py --quick              # smoke run (few rows), table under --work_dir
+    python scripts/benchmark_vlm.py --methods er alsar er:freeze=adaptive   # + ER with aL only (an ablation)
 
 Finished runs (results.json under --work_dir) are reused when the script is started again, unless --rerun.
 """
@@ -20,16 +21,21 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import mean_std, run_cli, write_fragment
+from bench_common import mean_std, run_cli, variant_flags, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {m: ROOT / f"recipes/configs/easyvqa_llava_tiny_{m}.yaml" for m in ("er", "alsar")}
 QUICK = ["--max_train_questions", "96", "--max_test_questions", "48", "--eval_period", "48", "--memory_size", "48"]
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
-    return run_cli(["--config", str(CONFIGS[method]), "--seed", str(seed), *(QUICK if args.quick else []), *args.extra],
-                   Path(args.work_dir) / f"{method}_s{seed}", threads=args.threads, rerun=args.rerun)
+def run_one(entry: str, seed: int, args: argparse.Namespace) -> dict:
+    """``entry`` = a config name (er, alsar), optionally with overrides: ``er:freeze=adaptive``."""
+    method, flags = variant_flags(entry)
+    if method not in CONFIGS:
+        raise SystemExit(f"--methods: {method!r} is not one of {', '.join(CONFIGS)}")
+    name = entry.replace(":", "+").replace(",", "+").replace("/", "_")
+    return run_cli(["--config", str(CONFIGS[method]), "--seed", str(seed), *(QUICK if args.quick else []), *args.extra,
+                    *flags], Path(args.work_dir) / f"{name}_s{seed}", threads=args.threads, rerun=args.rerun)
 
 
 def mean_frozen_blocks(result: dict) -> float:
@@ -53,7 +59,7 @@ def table(runs: dict[str, list[dict]], args: argparse.Namespace) -> str:
         "Majority baseline: always the most frequent training answer of the seen concepts. TFLOPs: measured "
         "training FLOPs (FlopCounterMode units, 2 per MAC) incl. each method's bookkeeping. Both methods ran at "
         f"the same time, {args.threads} torch thread each, on a shared machine: compare wall-clock times within "
-        "this table only.",
+        "this table only (runs beyond the first two ran after them, under other load).",
         "",
         "| method | A_AUC (%) | A_last (%) | majority baseline (%) | train TFLOPs | backward FLOPs saved | "
         "mean frozen blocks | iterations | memory (MiB) | wall-clock (s) |",
@@ -61,7 +67,7 @@ def table(runs: dict[str, list[dict]], args: argparse.Namespace) -> str:
     ]
     for method, rs in runs.items():
         lines.append(
-            f"| {method} | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
+            f"| `{method}` | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
             f"{mean_std([r['majority_baseline'] for r in rs], 100)} | {mean_std([r['train_flops'] for r in rs], 1e-12, 3)} | "
             f"{mean_std([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}% | "
             f"{mean_std([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks} | "
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=None, help="markdown fragment (default docs/results_vlm.md; --quick: work_dir)")
     p.add_argument("--work_dir", default=str(ROOT / "out/benchmark_vlm"))
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--methods", nargs="+", default=["er", "alsar"], help="config name[:key=value,...]")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--rerun", action="store_true", help="ignore results.json of finished runs")
     p.add_argument("--quick", action="store_true", help="smoke run: a few dozen rows")
@@ -90,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         args.work_dir = str(ROOT / "out/benchmark_vlm_quick")
     default_output = Path(args.work_dir) / "results_vlm.md" if args.quick else ROOT / "docs/results_vlm.md"
     args.output = args.output or str(default_output)
-    runs: dict[str, list[dict]] = {"er": [], "alsar": []}
-    for seed in args.seeds:  # the two methods of one seed run side by side
+    runs: dict[str, list[dict]] = {m: [] for m in args.methods}
+    for seed in args.seeds:  # the methods of one seed run side by side, two at a time
         with ThreadPoolExecutor(2) as pool:
             pair = list(pool.map(lambda m: run_one(m, seed, args), list(runs)))
         for method, result in zip(runs, pair):
             runs[method].append(result)
-    curve = runs["er"][0]["curve"]
+    curve = next(iter(runs.values()))[0]["curve"]
     args.eval_period_label = curve[0]["samples"] if curve else "?"
     write_fragment(args.output, table(runs, args))
     return 0
