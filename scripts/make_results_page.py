@@ -34,6 +34,7 @@ SECTIONS = [
     ("Adaptive layer freezing (aL) on and off", "results_freezing.md", "scripts/benchmark_freezing.py", ""),
     ("Similarity-aware retrieval (SAR) vs uniform replay, Gaussian and disjoint streams", "results_sar.md",
      "scripts/benchmark_sar.py", ""),
+    ("SAR vs replay on the disjoint stream, reduced size", "results_sar_disjoint.md", "scripts/benchmark_sar.py", ""),
     ("SAR ablations at reduced size (what the retrieval rule changes)", "results_sar_ablation.md",
      "scripts/benchmark_sar.py --methods with method:key=value variants", ""),
     ("What SAR's draw does during a run", "sar_diagnosis.md", "scripts/diagnose_sar.py", ""),
