@@ -32,6 +32,8 @@ SECTIONS = [
      YARDSTICK),
     ("Training speed: ratios measured inside one process", "results_speed.md", "scripts/benchmark_speed.py", ""),
     ("Adaptive layer freezing (aL) on and off", "results_freezing.md", "scripts/benchmark_freezing.py", ""),
+    ("Pruned backward: time vs FLOPs by image size", "results_pruned_backward.md",
+     "scripts/benchmark_pruned_backward.py", ""),
     ("Similarity-aware retrieval (SAR) vs uniform replay, Gaussian and disjoint streams", "results_sar.md",
      "scripts/benchmark_sar.py", ""),
     ("SAR vs replay on the disjoint stream, reduced size", "results_sar_disjoint.md", "scripts/benchmark_sar.py", ""),

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Does a pruned backward save time in proportion to its FLOPs? One training step of ``fmd5_resnet`` (batch 16),
+full backward vs the backward of the unfrozen suffix only (``backward(inputs=...)``, as the trainer runs it), at
+several image sizes, timed in one process (1 torch thread, the two settings alternating).
+
+    python scripts/benchmark_pruned_backward.py [--frozen 2] [--sizes 8 28] [--repeats 3] [--steps 40]
+
+Writes ``docs/results_pruned_backward.md``: per size, the step time with nothing frozen and the ratios
+(frozen / none) of step time and of measured step FLOPs, mean ± std over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bench_common import mean_std, write_fragment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def step_cost(model, params, x, y, steps: int) -> tuple[float, float]:
+    """(seconds per step, FLOPs per step) of forward + backward into ``params`` only."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def step():
+        torch.autograd.backward(model(pixel_values=x, labels=y).loss, inputs=params)
+        for p in params:
+            p.grad = None
+
+    for _ in range(3):  # warm-up
+        step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps, float(counter.get_total_flops())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frozen", type=int, default=2, help="blocks frozen (stem first)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[8, 28])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--output", default=str(ROOT / "docs/results_pruned_backward.md"))
+    args = parser.parse_args()
+    import torch
+
+    from hf_budgetcl.blocks import find_blocks
+    from hf_budgetcl.models import build_image_classifier
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    lines = [
+        f"One step of `fmd5_resnet` (batch 16, 1 torch thread): full backward vs the backward of the suffix after "
+        f"{args.frozen} frozen blocks (`backward(inputs=...)`), {args.steps} steps per measurement, the two settings "
+        f"alternating, {args.repeats} repeats; mean ± std over repeats.",
+        "",
+        "| image size | step time, none frozen (ms) | time ratio frozen / none | FLOPs ratio frozen / none |",
+        "|---|---|---|---|",
+    ]
+    for size in args.sizes:
+        model = build_image_classifier("fmd5_resnet", num_labels=10, num_channels=1, image_size=size)
+        blocks = find_blocks(model)
+        x, y = torch.randn(16, 1, size, size), torch.randint(0, 10, (16,))
+        times, ratios, flops = [], [], []
+        for _ in range(args.repeats):
+            full = step_cost(model, blocks.trainable_from(0), x, y, args.steps)
+            pruned = step_cost(model, blocks.trainable_from(args.frozen), x, y, args.steps)
+            times.append(full[0])
+            ratios.append(pruned[0] / full[0])
+            flops.append(pruned[1] / full[1])
+        lines.append(f"| {size}×{size} | {mean_std(times, 1e3, 1)} | {mean_std(ratios, 1, 3)} | "
+                     f"{mean_std(flops, 1, 3)} |")
+    lines += ["", f"Command: `{' '.join(['python', 'scripts/benchmark_pruned_backward.py', *sys.argv[1:]])}`", ""]
+    write_fragment(args.output, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
