@@ -66,3 +66,15 @@ def variant_flags(entry: str) -> tuple[str, list[str]]:
     if any(len(kv) != 2 for kv in pairs):
         raise SystemExit(f"expected name[:key=value,...], got {entry!r}")
     return method, [x for k, v in pairs for x in (f"--{k}", v)]
+
+
+def variant_dirname(entry: str) -> str:
+    """A run directory name for a ``name:key=value,...`` entry (no path separators)."""
+    return entry.replace(":", "+").replace(",", "+").replace("/", "_")
+
+
+def paired_difference(runs: Sequence[dict], baseline: Sequence[dict], key: str = "A_auc", scale: float = 100.0) -> str:
+    """Mean ± std over seeds of ``run[key] - baseline[key]``, the lists aligned by seed: the seed's stream order and
+    initialisation are shared, so the spread is the method's own, not the seeds'."""
+    return mean_std([a[key] - b[key] for a, b in zip(runs, baseline)], scale)
+

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import mean_std, run_cli, variant_flags, write_fragment
+from bench_common import mean_std, paired_difference, run_cli, variant_flags, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -103,7 +103,7 @@ def main() -> int:
                 lines.append(
                     f"| {data} | {mean_std([r['A_auc'] for r in per['none']], 100)} | {f}: "
                     f"{mean_std([r['A_auc'] for r in per[f]], 100)} | "
-                    f"{mean_std([a['A_auc'] - n['A_auc'] for a, n in zip(per[f], per['none'])], 100)} | "
+                    f"{paired_difference(per[f], per['none'])} | "
                     f"{mean_std([a['train_flops'] / n['train_flops'] for a, n in zip(per[f], per['none'])], 1, 3)}× |")
     text = "\n".join(lines) + "\n"
     write_fragment(args.output, text)

@@ -20,7 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import mean_std, run_cli, variant_flags, write_fragment
+from bench_common import mean_std, paired_difference, run_cli, variant_dirname, variant_flags, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
@@ -38,7 +38,7 @@ def equal_byte_budget(memory_size: int) -> int:
 
 def run_one(entry: str, stream: str, seed: int, args: argparse.Namespace, budget: int) -> dict:
     method, flags = variant_flags(entry)
-    name = entry.replace(":", "+").replace(",", "+").replace("/", "_")
+    name = variant_dirname(entry)
     return run_cli([
         "--config", str(CONFIG), "--method", method, "--stream", stream, "--seed", str(seed),
         "--per_class_train", str(args.per_class_train), "--per_class_test", str(args.per_class_test),
@@ -48,11 +48,8 @@ def run_one(entry: str, stream: str, seed: int, args: argparse.Namespace, budget
 
 
 def paired_delta(rs: list[dict], baseline: list[dict] | None) -> str:
-    """Mean ± std over seeds of (A_AUC - replay's A_AUC on the same seed and stream): the seed's stream order and
-    initialisation are shared, so this spread is the method's own, not the seeds'."""
-    if not baseline or rs is baseline:
-        return "–"
-    return mean_std([a["A_auc"] - b["A_auc"] for a, b in zip(rs, baseline)], 100)
+    """Δ A_AUC against replay on the same seeds; "–" for replay itself or without it."""
+    return "–" if not baseline or rs is baseline else paired_difference(rs, baseline)
 
 
 def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> str:

@@ -21,7 +21,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import mean_std, run_cli, variant_flags, write_fragment
+from bench_common import mean_std, run_cli, variant_dirname, variant_flags, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {m: ROOT / f"recipes/configs/easyvqa_llava_tiny_{m}.yaml" for m in ("er", "alsar")}
@@ -33,7 +33,7 @@ def run_one(entry: str, seed: int, args: argparse.Namespace) -> dict:
     method, flags = variant_flags(entry)
     if method not in CONFIGS:
         raise SystemExit(f"--methods: {method!r} is not one of {', '.join(CONFIGS)}")
-    name = entry.replace(":", "+").replace(",", "+").replace("/", "_")
+    name = variant_dirname(entry)
     return run_cli(["--config", str(CONFIGS[method]), "--seed", str(seed), *(QUICK if args.quick else []), *args.extra,
                     *flags], Path(args.work_dir) / f"{name}_s{seed}", threads=args.threads, rerun=args.rerun)
 
