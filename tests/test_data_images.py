@@ -14,6 +14,7 @@ from datasets import ClassLabel, Dataset
 from hf_budgetcl.data.images import (
     FASHION_MNIST_LABELS,
     ImageCollator,
+    ImageRows,
     arrays_to_dataset,
     dataset_arrays,
     load_digits_dataset,
@@ -78,6 +79,25 @@ def test_arrays_round_trip_respects_select():
     x, y = dataset_arrays(ds.select([7, 2, 5]))
     assert np.array_equal(x, images[[7, 2, 5]]) and list(y) == [1, 2, 2]
     assert np.array_equal(np.asarray(ds[4]["pixel_values"], np.uint8), images[4])
+
+
+def test_image_rows_read_the_same_rows_and_batches_as_the_dataset():
+    train, _ = load_digits_dataset()
+    train.info.dataset_name = "digits"
+    rows = ImageRows.from_dataset(train.select([5, 0, 9]))
+    assert len(rows) == 3 and rows.info.dataset_name == "digits"
+    for i, source in enumerate([5, 0, 9]):
+        assert rows[i]["pixel_values"].dtype == np.uint8  # the stored bytes, not upcast
+        assert np.array_equal(rows[i]["pixel_values"], np.asarray(train[source]["pixel_values"]))
+        assert rows[i]["label"] == train[source]["label"]
+        assert sample_nbytes(rows[i]) == sample_nbytes(train[source])
+    collate = ImageCollator()
+    via_rows = collate(rows.__getitems__([2, 0]))
+    via_dataset = collate(train.with_format("numpy").__getitems__([9, 5]))
+    assert torch.equal(via_rows["pixel_values"], via_dataset["pixel_values"])
+    assert torch.equal(via_rows["labels"], via_dataset["labels"])
+    with pytest.raises(ValueError, match="3 images but 2 labels"):
+        ImageRows(np.zeros((3, 1, 2, 2), np.uint8), np.zeros(2, np.int64))
 
 
 # ---------------------------------------------------------------------------------------------------------- idx

@@ -218,14 +218,14 @@ def test_fisher_ema_update_skips_nonfinite_and_checks_shapes():
 def test_grad_sq_sum_hand_computed():
     grads = [torch.tensor([1.0, -2.0]), None, torch.tensor([[0.5, 3.0]])]
     # 1 + 4 + .25 + 9 = 14.25;  clamped to [-1, 1]: 1 + 1 + .25 + 1 = 3.25
-    assert grad_sq_sum(grads) == (14.25, 0)
+    assert grad_sq_sum(grads) == (pytest.approx(14.25, rel=1e-12), 0)  # fused norms: float64 rounding
     assert grad_sq_sum(grads, clamp=1.0) == (3.25, 0)
     assert grad_sq_sum(iter(grads), clamp=1.0) == (3.25, 0)  # any iterable
 
 
 def test_grad_sq_sum_skips_and_counts_nonfinite():
     grads = [torch.tensor([1.0, math.nan]), torch.tensor([2.0]), torch.tensor([math.inf, 0.0]), None]
-    assert grad_sq_sum(grads) == (4.0, 2)
+    assert grad_sq_sum(grads) == (pytest.approx(4.0, rel=1e-12), 2)
     assert grad_sq_sum(grads, clamp=1.0) == (1.0, 2)
     assert grad_sq_sum([]) == (0.0, 0)
     assert grad_sq_sum([None]) == (0.0, 0)
@@ -233,7 +233,16 @@ def test_grad_sq_sum_skips_and_counts_nonfinite():
 
 def test_grad_sq_sum_low_precision():
     g = torch.tensor([0.5, 0.25], dtype=torch.bfloat16)
-    assert grad_sq_sum([g]) == (0.3125, 0)
+    assert grad_sq_sum([g]) == (pytest.approx(0.3125, rel=1e-12), 0)
+
+
+def test_grad_sq_sum_fused_equals_elementwise_over_mixed_dtypes():
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(17, 5, generator=gen), torch.randn(3, generator=gen).to(torch.bfloat16),
+             torch.randn(2, 2, dtype=torch.float64, generator=gen), torch.tensor([1.0, math.inf]).to(torch.bfloat16)]
+    expected = sum(float((g.double() ** 2).sum()) for g in grads[:3])
+    value, bad = grad_sq_sum(grads)
+    assert value == pytest.approx(expected, rel=1e-12) and bad == 1
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from .images import (
     FASHION_MNIST_LABELS,
     ImageCollator,
+    ImageRows,
     arrays_to_dataset,
     dataset_arrays,
     load_digits_dataset,
@@ -17,6 +18,7 @@ from .images import (
 __all__ = [
     "FASHION_MNIST_LABELS",
     "ImageCollator",
+    "ImageRows",
     "arrays_to_dataset",
     "dataset_arrays",
     "load_digits_dataset",

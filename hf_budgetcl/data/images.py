@@ -31,6 +31,7 @@ from datasets.table import InMemoryTable
 __all__ = [
     "FASHION_MNIST_LABELS",
     "ImageCollator",
+    "ImageRows",
     "arrays_to_dataset",
     "dataset_arrays",
     "load_digits_dataset",
@@ -93,6 +94,36 @@ def dataset_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     images = values.to_numpy(zero_copy_only=False).astype(np.uint8, copy=True).reshape((len(table), *shape))
     labels = table.column("label").to_numpy().astype(np.int64, copy=True)
     return images, labels
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """A dataset made by this module, held as two numpy arrays, for the training loop's row reads.
+
+    ``datasets`` formats every row it reads from Arrow (about 2 ms per batch of 16, and 1 ms per single row), which on
+    8x8 to 28x28 images is as long as the training step itself. These arrays hold the same uint8 bytes (nothing is
+    upcast), and a batch read costs ~0.1 ms. Rows are ``{"pixel_values": uint8 (C, H, W), "label": int}``, as from the
+    dataset; ``info`` is the dataset's (the model card names the dataset from it).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo | None = None):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.info = images, labels, info or DatasetInfo()
+        self.column_names = ["pixel_values", "label"]
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> ImageRows:
+        images, labels = dataset_arrays(ds)
+        return cls(images, labels, ds.info)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"pixel_values": self.images[index], "label": int(self.labels[index])}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]
 
 
 def sample_nbytes(row: Mapping[str, Any]) -> int:

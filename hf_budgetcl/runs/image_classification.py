@@ -93,7 +93,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     from transformers import set_seed
 
     from ..data.image_processing import image_processor_for
-    from ..data.images import ImageCollator, sample_nbytes
+    from ..data.images import ImageCollator, ImageRows, sample_nbytes
     from ..models import build_image_classifier
     from ..trainer import BudgetedCLTrainer
 
@@ -115,7 +115,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     trainer = BudgetedCLTrainer(
         model=model,
         args=config,
-        train_dataset=train.with_format("numpy"),
+        train_dataset=ImageRows.from_dataset(train),  # in-memory rows: Arrow row reads cost as much as a step
         eval_dataset=test.with_format("numpy") if test is not None else None,
         stream=stream,
         sample_nbytes=sample_nbytes,
