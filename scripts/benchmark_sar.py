@@ -54,7 +54,8 @@ def paired_delta(rs: list[dict], baseline: list[dict] | None) -> str:
 
 def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> str:
     lines = [
-        "# SAR vs replay at equal FLOPs (FM-D5)",
+        f"# SAR vs replay at equal FLOPs: Fashion-MNIST {args.per_class_train}/class, {args.memory_size}-slot memory"
+        + (" (FM-D5 size)" if (args.per_class_train, args.per_class_test) == (1000, 500) else ""),
         "",
         f"Fashion-MNIST, {args.per_class_train} / {args.per_class_test} images per class, `fmd5_resnet`, batch 16 "
         f"(all from memory), online_iter 1, Adam 3e-4, memory budget {args.budget:,} bytes (= model + "
