@@ -21,7 +21,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import mean_std, run_cli, variant_dirname, variant_flags, write_fragment
+from bench_common import mean_std, paired_difference, run_cli, variant_dirname, variant_flags, write_fragment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {m: ROOT / f"recipes/configs/easyvqa_llava_tiny_{m}.yaml" for m in ("er", "alsar")}
@@ -61,13 +61,16 @@ def table(runs: dict[str, list[dict]], args: argparse.Namespace) -> str:
         f"the same time, {args.threads} torch thread each, on a shared machine: compare wall-clock times within "
         "this table only (runs beyond the first two ran after them, under other load).",
         "",
-        "| method | A_AUC (%) | A_last (%) | majority baseline (%) | train TFLOPs | backward FLOPs saved | "
-        "mean frozen blocks | iterations | memory (MiB) | wall-clock (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | A_AUC (%) | A_last (%) | Δ A_AUC vs er, paired (pt) | majority baseline (%) | train TFLOPs | "
+        "backward FLOPs saved | mean frozen blocks | iterations | memory (MiB) | wall-clock (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    baseline = runs.get("er")
     for method, rs in runs.items():
+        delta = "–" if baseline is None or rs is baseline else paired_difference(rs, baseline)
         lines.append(
             f"| `{method}` | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
+            f"{delta} | "
             f"{mean_std([r['majority_baseline'] for r in rs], 100)} | {mean_std([r['train_flops'] for r in rs], 1e-12, 3)} | "
             f"{mean_std([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}% | "
             f"{mean_std([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks} | "
