@@ -25,7 +25,7 @@ def tiny_config(tmp_path, **overrides) -> BudgetedCLConfig:
 
 def digits_trainer(tmp_path, per_class_train=20, per_class_test=10, model="digits_resnet", n_tasks=5, **overrides):
     """A BudgetedCLTrainer on a small real-digits stream (per_class_train rows per class)."""
-    from hf_budgetcl.data.images import ImageCollator, load_digits_dataset, sample_nbytes
+    from hf_budgetcl.data.images import ImageCollator, ImageRows, load_digits_dataset, sample_nbytes
     from hf_budgetcl.models import build_image_classifier
     from hf_budgetcl.runs.image_classification import first_per_class
     from hf_budgetcl.stream import disjoint_stream
@@ -38,6 +38,6 @@ def digits_trainer(tmp_path, per_class_train=20, per_class_test=10, model="digit
     stream = disjoint_stream(np.asarray(train["label"]), n_tasks, seed=config.seed)
     model = build_image_classifier(model, num_labels=10, num_channels=1, image_size=8)
     return BudgetedCLTrainer(
-        model=model, args=config, train_dataset=train, eval_dataset=test, stream=stream,
+        model=model, args=config, train_dataset=ImageRows.from_dataset(train), eval_dataset=test, stream=stream,
         sample_nbytes=sample_nbytes, data_collator=ImageCollator(),
     )

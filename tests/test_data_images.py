@@ -96,6 +96,11 @@ def test_image_rows_read_the_same_rows_and_batches_as_the_dataset():
     via_dataset = collate(train.with_format("numpy").__getitems__([9, 5]))
     assert torch.equal(via_rows["pixel_values"], via_dataset["pixel_values"])
     assert torch.equal(via_rows["labels"], via_dataset["labels"])
+    with pytest.raises(ValueError, match="read-only"):
+        rows[0]["pixel_values"][0, 0, 0] = 1  # a row is a view of the shared array
+    source = np.zeros((2, 1, 2, 2), np.uint8)
+    ImageRows(source, np.zeros(2, np.int64))
+    assert source.flags.writeable  # the caller's array is left as it was
     with pytest.raises(ValueError, match="3 images but 2 labels"):
         ImageRows(np.zeros((3, 1, 2, 2), np.uint8), np.zeros(2, np.int64))
 

@@ -239,8 +239,9 @@ def test_grad_sq_sum_low_precision():
 def test_grad_sq_sum_fused_equals_elementwise_over_mixed_dtypes():
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(17, 5, generator=gen), torch.randn(3, generator=gen).to(torch.bfloat16),
-             torch.randn(2, 2, dtype=torch.float64, generator=gen), torch.tensor([1.0, math.inf]).to(torch.bfloat16)]
-    expected = sum(float((g.double() ** 2).sum()) for g in grads[:3])
+             torch.randn(2, 2, dtype=torch.float64, generator=gen), torch.tensor(3.0), torch.empty(0),
+             torch.tensor([1.0, math.inf]).to(torch.bfloat16)]
+    expected = sum(float((g.double() ** 2).sum()) for g in grads[:5])
     value, bad = grad_sq_sum(grads)
     assert value == pytest.approx(expected, rel=1e-12) and bad == 1
 

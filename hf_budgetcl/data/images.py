@@ -108,7 +108,9 @@ class ImageRows(torch.utils.data.Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo | None = None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels, self.info = images, labels, info or DatasetInfo()
+        # Rows are views of one array: read-only, so a collator writing into a row cannot corrupt the data.
+        self.images, self.labels, self.info = images.view(), labels, info or DatasetInfo()
+        self.images.flags.writeable = False
         self.column_names = ["pixel_values", "label"]
 
     @classmethod

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hf_budgetcl.config import BudgetedCLConfig
-from hf_budgetcl.data.images import ImageCollator, load_digits_dataset, sample_nbytes
+from hf_budgetcl.data.images import ImageCollator, ImageRows, load_digits_dataset, sample_nbytes
 from hf_budgetcl.models import build_image_classifier
 from hf_budgetcl.stream import disjoint_stream
 from hf_budgetcl.trainer import BudgetedCLTrainer
@@ -50,7 +50,8 @@ def main(method: str, out_dir: str) -> None:
     )
     stream = disjoint_stream(np.asarray(train["label"]), 5, seed=3)
     model = build_image_classifier("digits_resnet", num_labels=10, num_channels=1, image_size=8)
-    trainer = RecordingTrainer(model=model, args=config, train_dataset=train, eval_dataset=test, stream=stream,
+    trainer = RecordingTrainer(model=model, args=config, train_dataset=ImageRows.from_dataset(train), eval_dataset=test,
+                               stream=stream,
                                sample_nbytes=sample_nbytes, data_collator=ImageCollator())
     trainer.steps = []
     trainer.train()
