@@ -123,6 +123,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         # saved next to the model, so AutoImageProcessor reproduces the collator's preprocessing
         processing_class=image_processor_for(collator, np.asarray(train[0]["pixel_values"]).shape),
     )
+    del train  # the trainer holds the same bytes in ImageRows: do not keep the Arrow copy through training
     trainer.train()
     stream.to_json(os.path.join(config.output_dir, "stream.json"))
     trainer.save_model()
