@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import frozen_blocks_per_interval
+
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
@@ -95,7 +97,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
 
 
 def plot(runs: list[dict[str, Any]], output_dir: str) -> list[str]:
-    """Accuracy vs training FLOPs per method, and the frozen-block histogram of freezing methods."""
+    """Accuracy vs training FLOPs per method; for freezing methods, frozen blocks over the stream and their histogram."""
     try:
         import matplotlib
 
@@ -118,18 +120,27 @@ def plot(runs: list[dict[str, Any]], output_dir: str) -> list[str]:
     plt.close(fig)
     freezers = [r for r in runs if "error" not in r and r.get("frozen_blocks_histogram", {}).keys() - {"0"}]
     if freezers:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method in dict.fromkeys(r["method"] for r in freezers):
+        fig, (over_stream, shares) = plt.subplots(1, 2, figsize=(11, 4))
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in freezers)):
+            mine = [r for r in freezers if r["method"] == method]
+            curves = [r["curve"] for r in mine if r["curve"] and all("frozen_blocks" in p for p in r["curve"])]
+            if curves and len({len(c) for c in curves}) == 1:
+                per_interval = [frozen_blocks_per_interval([p["iterations"] for p in c], [p["frozen_blocks"] for p in c])
+                                for c in curves]
+                over_stream.plot([p["samples"] for p in curves[0]], np.nanmean(per_interval, axis=0), marker="o",
+                                 ms=3, label=method)
             hist: dict[int, float] = {}
-            for r in (r for r in freezers if r["method"] == method):
+            for r in mine:
                 for k, v in r["frozen_blocks_histogram"].items():
                     hist[int(k)] = hist.get(int(k), 0) + v / r["iterations"]
-            n = len([r for r in freezers if r["method"] == method])
             keys = sorted(hist)
-            ax.bar([k + 0.1 * len(ax.patches) / max(len(keys), 1) for k in keys], [100 * hist[k] / n for k in keys],
-                   width=0.35, label=method)
-        ax.set(xlabel="frozen blocks", ylabel="share of iterations (%)", title="adaptive freezing decisions")
-        ax.legend()
+            shares.bar([k + 0.35 * i for k in keys], [100 * hist[k] / len(mine) for k in keys], width=0.35,
+                       label=method)
+        over_stream.set(xlabel="stream samples seen", ylabel="mean frozen blocks per iteration",
+                        title="frozen blocks over the stream (per evaluation interval)")
+        shares.set(xlabel="frozen blocks", ylabel="share of iterations (%)", title="adaptive freezing decisions")
+        for ax in (over_stream, shares):
+            ax.legend()
         fig.tight_layout()
         written.append(os.path.join(output_dir, "freezing.png"))
         fig.savefig(written[-1], dpi=120)

@@ -25,6 +25,7 @@ class CurvePoint:
     iterations: int
     memory_bytes: int
     per_class: dict[int, float] = field(default_factory=dict)
+    frozen_blocks: int = 0  # sum over the iterations so far of the blocks frozen (0 in curves written before it)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

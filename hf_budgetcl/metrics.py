@@ -17,6 +17,7 @@ __all__ = [
     "normalize_answer",
     "exact_match",
     "majority_baseline",
+    "frozen_blocks_per_interval",
 ]
 
 
@@ -99,3 +100,18 @@ def majority_baseline(train_answers_seen: Iterable[str], test_answers: Sequence[
     top = max(counts.values())
     answer = min(a for a, k in counts.items() if k == top)
     return float(np.mean([normalize_answer(t) == answer for t in test_answers]))
+
+
+def frozen_blocks_per_interval(iterations: Sequence[int], frozen_blocks: Sequence[int]) -> np.ndarray:
+    """Mean number of frozen blocks per iteration between consecutive points of an anytime curve.
+
+    With cumulative counts at point j, ``N_j`` iterations and ``Z_j = sum over those iterations of the blocks frozen``
+    (``N_{-1} = Z_{-1} = 0``): ``m_j = (Z_j - Z_{j-1}) / (N_j - N_{j-1})``, and ``nan`` for an interval without
+    iterations.
+    """
+    n = np.diff(np.asarray(iterations, dtype=np.float64), prepend=0.0)
+    z = np.diff(np.asarray(frozen_blocks, dtype=np.float64), prepend=0.0)
+    if np.any(n < 0) or np.any(z < 0):
+        raise ValueError("iterations and frozen_blocks must be cumulative (non-decreasing)")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, z / np.where(n > 0, n, 1.0), np.nan)

@@ -277,6 +277,7 @@ class BudgetedCLTrainer(Trainer):
             iterations=self.ledger.steps,
             memory_bytes=self.memory_budget.itemise(self.memory.bytes_used)["total"],
             per_class={int(k): float(v) for k, v in per_class.items()},
+            frozen_blocks=sum(k * v for k, v in self.frozen_counts.items()),
         )
         self.curve.append(point)
         metrics = {

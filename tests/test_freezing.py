@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,20 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     assert r0["params_sha"] == r1["params_sha"]
     assert r0["fisher"] == r1["fisher"] and r0["curve"] == r1["curve"]
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())["curve"]) == len(r0["curve"])
+
+
+def test_curve_records_frozen_blocks_over_the_stream(tmp_path):
+    from hf_budgetcl.compare import plot
+    from hf_budgetcl.metrics import frozen_blocks_per_interval
+
+    trainer = digits_trainer(tmp_path, per_class_train=12, model="fmd5_resnet", freeze="adaptive",
+                             freeze_warmup_steps=5, eval_period=30)
+    trainer.train()
+    totals = [p.frozen_blocks for p in trainer.curve]
+    assert totals == sorted(totals)  # cumulative
+    assert totals[-1] == sum(k * v for k, v in trainer.frozen_counts.items()) > 0  # it froze, and all is counted
+    means = frozen_blocks_per_interval([p.iterations for p in trainer.curve], totals)
+    assert np.all((means >= 0) & (means <= trainer.blocks.max_frozen))
+    results = json.loads(open(trainer.save_results()).read())
+    assert [p["frozen_blocks"] for p in results["curve"]] == totals
+    assert str(tmp_path / "freezing.png") in plot([results], str(tmp_path))

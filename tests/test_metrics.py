@@ -9,6 +9,7 @@ from hf_budgetcl.metrics import (
     accuracy_by_class,
     exact_match,
     f_last,
+    frozen_blocks_per_interval,
     majority_baseline,
     normalize_answer,
 )
@@ -81,3 +82,13 @@ def test_majority_baseline():
     assert majority_baseline(iter(["red"]), ["blue"]) == 0.0
     assert math.isnan(majority_baseline([], ["yes"]))
     assert math.isnan(majority_baseline(["yes"], []))
+
+
+def test_frozen_blocks_per_interval_hand_computed():
+    # points after 10, 30, 30 and 40 iterations, with 0, 30, 30 and 50 frozen blocks summed over them:
+    # 0/10 = 0, 30/20 = 1.5, no iterations -> nan, 20/10 = 2
+    means = frozen_blocks_per_interval([10, 30, 30, 40], [0, 30, 30, 50])
+    assert means[[0, 1, 3]].tolist() == [0.0, 1.5, 2.0] and math.isnan(means[2])
+    assert frozen_blocks_per_interval([], []).size == 0
+    with pytest.raises(ValueError, match="cumulative"):
+        frozen_blocks_per_interval([10, 5], [0, 0])
