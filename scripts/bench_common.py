@@ -73,8 +73,12 @@ def variant_dirname(entry: str) -> str:
     return entry.replace(":", "+").replace(",", "+").replace("/", "_")
 
 
-def paired_difference(runs: Sequence[dict], baseline: Sequence[dict], key: str = "A_auc", scale: float = 100.0) -> str:
+def paired_difference(runs: Sequence[dict], baseline: Sequence[dict] | None, key: str = "A_auc",
+                      scale: float = 100.0) -> str:
     """Mean ± std over seeds of ``run[key] - baseline[key]``, the lists aligned by seed: the seed's stream order and
-    initialisation are shared, so the spread is the method's own, not the seeds'."""
+    initialisation are shared, so the spread is the method's own, not the seeds'. "–" without a baseline or for the
+    baseline itself."""
+    if not baseline or runs is baseline:
+        return "–"
     return mean_std([a[key] - b[key] for a, b in zip(runs, baseline)], scale)
 

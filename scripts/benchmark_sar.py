@@ -47,11 +47,6 @@ def run_one(entry: str, stream: str, seed: int, args: argparse.Namespace, budget
     ], Path(args.work_dir) / f"{stream}_{name}_s{seed}", threads=args.threads, rerun=args.rerun)
 
 
-def paired_delta(rs: list[dict], baseline: list[dict] | None) -> str:
-    """Δ A_AUC against replay on the same seeds; "–" for replay itself or without it."""
-    return "–" if not baseline or rs is baseline else paired_difference(rs, baseline)
-
-
 def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> str:
     lines = [
         f"# SAR vs replay at equal FLOPs: Fashion-MNIST {args.per_class_train}/class, {args.memory_size}-slot memory"
@@ -71,7 +66,7 @@ def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> 
         extra = [sum(v for k, v in r["flops_items"].items() if k.startswith("sar_")) for r in rs]
         lines.append(
             f"| {stream} | `{method}` | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
-            f"{paired_delta(rs, runs.get((stream, 'replay')))} | "
+            f"{paired_difference(rs, runs.get((stream, 'replay')))} | "
             f"{mean_std([r['train_flops'] for r in rs], 1e-12, 3)} | {mean_std(extra, 1e-9, 2)} | "
             f"{mean_std([r['memory_slots'] for r in rs], 1, 0)} | {mean_std([r['wall_time_s'] for r in rs], 1, 0)} |"
         )

@@ -65,12 +65,10 @@ def table(runs: dict[str, list[dict]], args: argparse.Namespace) -> str:
         "backward FLOPs saved | mean frozen blocks | iterations | memory (MiB) | wall-clock (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    baseline = runs.get("er")
     for method, rs in runs.items():
-        delta = "–" if baseline is None or rs is baseline else paired_difference(rs, baseline)
         lines.append(
             f"| `{method}` | {mean_std([r['A_auc'] for r in rs], 100)} | {mean_std([r['A_last'] for r in rs], 100)} | "
-            f"{delta} | "
+            f"{paired_difference(rs, runs.get('er'))} | "
             f"{mean_std([r['majority_baseline'] for r in rs], 100)} | {mean_std([r['train_flops'] for r in rs], 1e-12, 3)} | "
             f"{mean_std([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}% | "
             f"{mean_std([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks} | "

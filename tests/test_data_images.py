@@ -92,7 +92,7 @@ def test_image_rows_read_the_same_rows_and_batches_as_the_dataset():
         assert rows[i]["label"] == train[source]["label"]
         assert sample_nbytes(rows[i]) == sample_nbytes(train[source])
     collate = ImageCollator()
-    via_rows = collate(rows.__getitems__([2, 0]))
+    via_rows = collate([rows[2], rows[0]])
     via_dataset = collate(train.with_format("numpy").__getitems__([9, 5]))
     assert torch.equal(via_rows["pixel_values"], via_dataset["pixel_values"])
     assert torch.equal(via_rows["labels"], via_dataset["labels"])

@@ -111,7 +111,6 @@ class ImageRows(torch.utils.data.Dataset):
         # Rows are views of one array: read-only, so a collator writing into a row cannot corrupt the data.
         self.images, self.labels, self.info = images.view(), labels, info or DatasetInfo()
         self.images.flags.writeable = False
-        self.column_names = ["pixel_values", "label"]
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> ImageRows:
@@ -123,9 +122,6 @@ class ImageRows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"pixel_values": self.images[index], "label": int(self.labels[index])}
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        return [self[i] for i in indices]
 
 
 def sample_nbytes(row: Mapping[str, Any]) -> int:
