@@ -1,7 +1,7 @@
 """``hf-budgetcl``: run a recipe from a YAML config, with any key overridable on the command line.
 
-    hf-budgetcl run --config recipes/configs/digits_er.yaml --method replay --seed 2 --output_dir out/
-    hf-budgetcl push out/ user/digits-er [--private] [--token hf_...]
+hf-budgetcl run --config recipes/configs/digits_er.yaml --method replay --seed 2 --output_dir out/
+hf-budgetcl push out/ user/digits-er [--private] [--token hf_...]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from .parser import ConfigError, read_yaml_config
+from .runs.arguments import ConfigError, read_yaml_config
 
 RECIPES = ("image_classification", "vlm_instruction_stream")
 
@@ -50,7 +50,7 @@ def push_main(argv: Sequence[str]) -> int:
     """``hf-budgetcl push <output_dir> <repo_id>``: upload a finished run (model, processor, card, results)."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import HubUnreachableError, push_output_dir
+    from .hub.push import HubUnreachableError, push_output_dir
 
     parser = argparse.ArgumentParser(prog="hf-budgetcl push", description="Upload a finished run to the Hub.")
     parser.add_argument("output_dir", help="output_dir of a finished run (holds README.md and results.json)")
@@ -73,9 +73,12 @@ def push_main(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(prog="hf-budgetcl", description=__doc__.splitlines()[0])
-    top.add_argument("command", choices=["run", "compare", "push"],
-                     help="run: train and evaluate one configuration; compare: several methods and seeds; "
-                          "push: upload a finished run to the Hub")
+    top.add_argument(
+        "command",
+        choices=["run", "compare", "push"],
+        help="run: train and evaluate one configuration; compare: several methods and seeds; "
+        "push: upload a finished run to the Hub",
+    )
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "push":
         return push_main(rest)
     if command == "compare":
-        from .compare import main as compare_main
+        from .compare.harness import main as compare_main
 
         status = {"code": 0}
         code = run_guarded(lambda: status.update(code=compare_main(rest)))

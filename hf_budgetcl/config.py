@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .methods import METHODS
-from .stream import STREAM_KINDS
+from .stream.orders import STREAM_KINDS
 
 FREEZE_PATTERN = re.compile(r"^(none|adaptive|static:\d+|lisa(:\d+)?)$")
 BUDGET_MATCHING = ("none", "auto", "spend_savings")
@@ -67,9 +67,11 @@ class BudgetedCLConfig(TrainingArguments):
     online_iter: float = field(default=1.0, metadata={"help": "Training iterations per arriving sample (float)."})
     budget_matching: str = field(
         default="none",
-        metadata={"help": "none: use online_iter; auto: derive online_iter from the FLOPs budget and the method's "
-                  "measured cost per iteration (freezing savings are not re-spent); spend_savings: the same, but "
-                  "what freezing saves buys further iterations."},
+        metadata={
+            "help": "none: use online_iter; auto: derive online_iter from the FLOPs budget and the method's "
+            "measured cost per iteration (freezing savings are not re-spent); spend_savings: the same, but "
+            "what freezing saves buys further iterations."
+        },
     )
     eval_period: int = field(default=500, metadata={"help": "Anytime evaluation every this many arrivals."})
     memory_budget_bytes: int | None = field(
@@ -98,8 +100,10 @@ class BudgetedCLConfig(TrainingArguments):
     output_dir: str | None = field(default="out/run", metadata={"help": "Where results.json and the model go."})
     resume: bool = field(
         default=False,
-        metadata={"help": "Continue from the newest complete checkpoint in output_dir (start afresh if there is none); "
-                  "--resume_from_checkpoint PATH picks one."},
+        metadata={
+            "help": "Continue from the newest complete checkpoint in output_dir (start afresh if there is none); "
+            "--resume_from_checkpoint PATH picks one."
+        },
     )
 
     def __post_init__(self):
@@ -110,8 +114,9 @@ class BudgetedCLConfig(TrainingArguments):
         if self.freeze is not None and not FREEZE_PATTERN.match(self.freeze):
             raise ValueError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{self.freeze}'")
         if self.budget_matching not in BUDGET_MATCHING:
-            raise ValueError(f"budget_matching: expected one of {', '.join(BUDGET_MATCHING)}, got "
-                             f"'{self.budget_matching}'")
+            raise ValueError(
+                f"budget_matching: expected one of {', '.join(BUDGET_MATCHING)}, got '{self.budget_matching}'"
+            )
         if self.budget_matching != "none" and self.flops_budget is None and self.flops_budget_per_sample is None:
             raise ValueError("budget_matching: needs a FLOPs budget (flops_budget or flops_budget_per_sample)")
         for name in ("eval_period", "online_iter", "fisher_update_every"):

@@ -1,7 +1,7 @@
 """Budgeted online continual learning on an image-classification stream.
 
-    python recipes/image_classification.py --config recipes/configs/digits_er.yaml
-    accelerate launch --multi_gpu --num_processes 2 recipes/image_classification.py --config ... --use_cpu true
+python recipes/image_classification.py --config recipes/configs/digits_er.yaml
+accelerate launch --multi_gpu --num_processes 2 recipes/image_classification.py --config ... --use_cpu true
 """
 
 import sys

@@ -1,8 +1,8 @@
 """Budgeted online continual instruction tuning of a vision-language model on a concept-incremental VQA stream.
 
-    python recipes/vlm_instruction_stream.py --config recipes/configs/easyvqa_llava_tiny_alsar.yaml
-    accelerate launch recipes/vlm_instruction_stream.py --config recipes/configs/easyvqa_llava_tiny_alsar.yaml
-    accelerate launch --config_file recipes/accelerate/multi_cpu_2proc.yaml recipes/vlm_instruction_stream.py ...
+python recipes/vlm_instruction_stream.py --config recipes/configs/easyvqa_llava_tiny_alsar.yaml
+accelerate launch recipes/vlm_instruction_stream.py --config recipes/configs/easyvqa_llava_tiny_alsar.yaml
+accelerate launch --config_file recipes/accelerate/multi_cpu_2proc.yaml recipes/vlm_instruction_stream.py ...
 """
 
 import sys

@@ -13,8 +13,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def run_cli(cli_args: Sequence[str], out: Path, threads: int = 1, rerun: bool = False) -> dict:
@@ -32,8 +36,19 @@ def run_cli(cli_args: Sequence[str], out: Path, threads: int = 1, rerun: bool = 
         results.unlink()
     out.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps(args))
-    cmd = [sys.executable, "-m", "hf_budgetcl.cli", "run", *args, "--output_dir", str(out),
-           "--report_to", "none", "--disable_tqdm", "true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_budgetcl.cli",
+        "run",
+        *args,
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), **OFFLINE_ENV}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -73,12 +88,12 @@ def variant_dirname(entry: str) -> str:
     return entry.replace(":", "+").replace(",", "+").replace("/", "_")
 
 
-def paired_difference(runs: Sequence[dict], baseline: Sequence[dict] | None, key: str = "A_auc",
-                      scale: float = 100.0) -> str:
+def paired_difference(
+    runs: Sequence[dict], baseline: Sequence[dict] | None, key: str = "A_auc", scale: float = 100.0
+) -> str:
     """Mean ± std over seeds of ``run[key] - baseline[key]``, the lists aligned by seed: the seed's stream order and
     initialisation are shared, so the spread is the method's own, not the seeds'. "–" without a baseline or for the
     baseline itself."""
     if not baseline or runs is baseline:
         return "–"
     return mean_std([a[key] - b[key] for a, b in zip(runs, baseline)], scale)
-

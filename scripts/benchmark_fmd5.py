@@ -40,7 +40,8 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
     import torch
     from torch import nn
 
-    from hf_budgetcl.data.images import dataset_arrays, load_fashion_mnist
+    from hf_budgetcl.data.idx import load_fashion_mnist
+    from hf_budgetcl.data.image_rows import dataset_arrays
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -55,7 +56,7 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
     order = rng.permutation(10)
     stream = []
     for t in range(5):
-        idx = np.flatnonzero(np.isin(y_train.numpy(), order[2 * t:2 * t + 2]))
+        idx = np.flatnonzero(np.isin(y_train.numpy(), order[2 * t : 2 * t + 2]))
         stream.extend(idx[rng.permutation(len(idx))].tolist())
 
     def block(cin: int, cout: int, stride: int) -> nn.Module:
@@ -63,19 +64,34 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
             def __init__(self):
                 super().__init__()
                 self.body = nn.Sequential(
-                    nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                    nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-                self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                              if stride != 1 or cin != cout else nn.Identity())
+                    nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                    nn.BatchNorm2d(cout),
+                    nn.ReLU(),
+                    nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(cout),
+                )
+                self.short = (
+                    nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                    if stride != 1 or cin != cout
+                    else nn.Identity()
+                )
 
             def forward(self, x):
                 return torch.relu(self.body(x) + self.short(x))
+
         return Basic()
 
     model = nn.Sequential(
-        nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        block(32, 32, 1), block(32, 64, 2), block(64, 128, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+        nn.Conv2d(1, 32, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        block(32, 32, 1),
+        block(32, 64, 2),
+        block(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     loss_fn = nn.CrossEntropyLoss()
     memory: list[int] = []
@@ -87,7 +103,7 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
         model.eval()
         keep = torch.isin(y_test, torch.tensor(sorted(seen)))
         with torch.no_grad():
-            pred = torch.cat([model(x_test[keep][i:i + 500]).argmax(-1) for i in range(0, int(keep.sum()), 500)])
+            pred = torch.cat([model(x_test[keep][i : i + 500]).argmax(-1) for i in range(0, int(keep.sum()), 500)])
         model.train()
         return float((pred == y_test[keep]).float().mean())
 
@@ -104,7 +120,7 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
             victims = np.flatnonzero(np.isin(labels, largest[mem_rng.randint(len(largest))]))
             memory[victims[mem_rng.randint(len(victims))]] = i
         if n >= 8:
-            batch = stream[n - 8:n]
+            batch = stream[n - 8 : n]
             if len(memory) >= 8:
                 batch = batch + [memory[j] for j in mem_rng.choice(len(memory), 8, replace=False)]
             loss = loss_fn(model(x_train[batch]), y_train[batch])
@@ -117,10 +133,21 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
             curve.append(evaluate())
             eval_time += time.perf_counter() - t0
     wall = time.perf_counter() - start
-    Path(out).write_text(json.dumps({
-        "method": "plain", "seed": seed, "A_auc": float(np.mean(curve)), "A_last": curve[-1], "curve": curve,
-        "iterations": steps, "samples_seen": len(stream), "wall_time_s": wall, "eval_time_s": eval_time,
-    }))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "method": "plain",
+                "seed": seed,
+                "A_auc": float(np.mean(curve)),
+                "A_last": curve[-1],
+                "curve": curve,
+                "iterations": steps,
+                "samples_seen": len(stream),
+                "wall_time_s": wall,
+                "eval_time_s": eval_time,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -135,13 +162,43 @@ def run_job(job: tuple[str, int], args: argparse.Namespace) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if method == "plain":
-        cmd = [sys.executable, __file__, "--plain_seed", str(seed), "--plain_out", str(result),
-               "--per_class_train", str(args.per_class_train), "--per_class_test", str(args.per_class_test)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--plain_seed",
+            str(seed),
+            "--plain_out",
+            str(result),
+            "--per_class_train",
+            str(args.per_class_train),
+            "--per_class_test",
+            str(args.per_class_test),
+        ]
     else:
-        cmd = [sys.executable, "-m", "hf_budgetcl.cli", "run", "--config", str(CONFIG), "--method", method,
-               "--seed", str(seed), "--output_dir", str(run_dir), "--per_class_train", str(args.per_class_train),
-               "--per_class_test", str(args.per_class_test), "--disable_tqdm", "true", "--report_to", "none",
-               "--save_strategy", "no"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hf_budgetcl.cli",
+            "run",
+            "--config",
+            str(CONFIG),
+            "--method",
+            method,
+            "--seed",
+            str(seed),
+            "--output_dir",
+            str(run_dir),
+            "--per_class_train",
+            str(args.per_class_train),
+            "--per_class_test",
+            str(args.per_class_test),
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+        ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
@@ -150,8 +207,11 @@ def run_job(job: tuple[str, int], args: argparse.Namespace) -> dict:
     out = json.loads(result.read_text())
     out["process_wall_s"] = time.perf_counter() - t0
     result.write_text(json.dumps(out))
-    print(f"done {method} seed {seed}: A_AUC {100 * out['A_auc']:.2f} A_last {100 * out['A_last']:.2f} "
-          f"wall {out['wall_time_s']:.0f}s", flush=True)
+    print(
+        f"done {method} seed {seed}: A_AUC {100 * out['A_auc']:.2f} A_last {100 * out['A_last']:.2f} "
+        f"wall {out['wall_time_s']:.0f}s",
+        flush=True,
+    )
     return out
 
 
@@ -174,14 +234,18 @@ def table(runs: list[dict], methods: list[str], args: argparse.Namespace) -> str
         if not rs:
             continue
         speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in rs])
-        flops = (f"{np.mean([r['train_flops'] for r in rs]) / 1e12:.2f}" if "train_flops" in rs[0] else "–")
-        saved = (f"{100 * np.mean([r['backward_flops_saved_fraction'] for r in rs]):.1f}%"
-                 if "backward_flops_saved_fraction" in rs[0] else "–")
+        flops = f"{np.mean([r['train_flops'] for r in rs]) / 1e12:.2f}" if "train_flops" in rs[0] else "–"
+        saved = (
+            f"{100 * np.mean([r['backward_flops_saved_fraction'] for r in rs]):.1f}%"
+            if "backward_flops_saved_fraction" in rs[0]
+            else "–"
+        )
         name = "plain-PyTorch online ER loop (this script)" if method == "plain" else f"hf_budgetcl `{method}`"
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in rs)} | {ms([100 * r['A_auc'] for r in rs])} "
             f"| {ms([100 * r['A_last'] for r in rs])} | {speed:.1f} | {speed / plain_speed:.2f}× | {flops} | {saved} "
-            f"| {np.mean([r['wall_time_s'] for r in rs]):.0f} |")
+            f"| {np.mean([r['wall_time_s'] for r in rs]):.0f} |"
+        )
     lines += ["", "Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop."]
     return "\n".join(lines) + "\n"
 

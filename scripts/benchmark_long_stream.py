@@ -66,8 +66,13 @@ class StabilityProbe(TrainerCallback):
 
     def _now(self) -> tuple[float, float, int, float, float]:
         """wall time, CPU time, iterations, evaluation wall and CPU seconds so far"""
-        return (time.perf_counter(), time.process_time(), self.trainer.ledger.steps, self.trainer.eval_time_s,
-                getattr(self, "eval_cpu_s", 0.0))
+        return (
+            time.perf_counter(),
+            time.process_time(),
+            self.trainer.ledger.steps,
+            self.trainer.eval_time_s,
+            getattr(self, "eval_cpu_s", 0.0),
+        )
 
     def sample(self, samples: int) -> None:
         now = self._now()
@@ -75,15 +80,26 @@ class StabilityProbe(TrainerCallback):
         train_s = max(t1 - t0 - (e1 - e0), 1e-9)
         train_cpu_s = max(c1 - c0 - (ec1 - ec0), 1e-9)
         raw, trimmed = trimmed_rss_mib(self.process)
-        self.rows.append({"samples": samples, "raw_rss_mib": raw, "rss_mib": trimmed,
-                          "iterations": s1, "iterations_per_s": (s1 - s0) / train_s,
-                          "iterations_per_cpu_s": (s1 - s0) / train_cpu_s,
-                          "arrivals_per_cpu_s": self.window / train_cpu_s,
-                          "memory_slots": len(self.trainer.memory), "curve_points": len(self.trainer.curve)})
+        self.rows.append(
+            {
+                "samples": samples,
+                "raw_rss_mib": raw,
+                "rss_mib": trimmed,
+                "iterations": s1,
+                "iterations_per_s": (s1 - s0) / train_s,
+                "iterations_per_cpu_s": (s1 - s0) / train_cpu_s,
+                "arrivals_per_cpu_s": self.window / train_cpu_s,
+                "memory_slots": len(self.trainer.memory),
+                "curve_points": len(self.trainer.curve),
+            }
+        )
         self._last = now
-        print(f"{samples:>6} samples  RSS {raw:.1f} MiB, trimmed {trimmed:.1f} MiB  "
-              f"{self.rows[-1]['iterations_per_s']:.1f} it/s  {self.rows[-1]['iterations_per_cpu_s']:.1f} it/CPU-s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{samples:>6} samples  RSS {raw:.1f} MiB, trimmed {trimmed:.1f} MiB  "
+            f"{self.rows[-1]['iterations_per_s']:.1f} it/s  {self.rows[-1]['iterations_per_cpu_s']:.1f} it/CPU-s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = self._now()
@@ -107,15 +123,26 @@ def main() -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from hf_budgetcl.config import BudgetedCLConfig
-    from hf_budgetcl.data.images import ImageCollator, load_fashion_mnist, sample_nbytes
+    from hf_budgetcl.data.idx import load_fashion_mnist
+    from hf_budgetcl.data.image_collator import ImageCollator
+    from hf_budgetcl.data.image_rows import sample_nbytes
     from hf_budgetcl.models import build_image_classifier
-    from hf_budgetcl.stream import disjoint_stream
-    from hf_budgetcl.trainer import BudgetedCLTrainer
+    from hf_budgetcl.stream.orders import disjoint_stream
+    from hf_budgetcl.training.trainer import BudgetedCLTrainer
 
     config = BudgetedCLConfig(
-        output_dir=opts.output_dir, method="er", memory_size=500, per_device_train_batch_size=16,
-        online_iter=opts.online_iter, eval_period=10_000, per_device_eval_batch_size=500, report_to="none",
-        disable_tqdm=True, use_cpu=True, logging_steps=10**9, seed=1,
+        output_dir=opts.output_dir,
+        method="er",
+        memory_size=500,
+        per_device_train_batch_size=16,
+        online_iter=opts.online_iter,
+        eval_period=10_000,
+        per_device_eval_batch_size=500,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_steps=10**9,
+        seed=1,
     )
     from transformers import set_seed
 
@@ -123,9 +150,15 @@ def main() -> int:
     train, test = load_fashion_mnist(None, None, opts.per_class_test)
     stream = disjoint_stream(np.asarray(train["label"]), 5, seed=1)
     model = build_image_classifier("digits_resnet", num_labels=10, num_channels=1, image_size=28)
-    trainer = BudgetedCLTrainer(model=model, args=config, train_dataset=train.with_format("numpy"),
-                                eval_dataset=test.with_format("numpy"), stream=stream, sample_nbytes=sample_nbytes,
-                                data_collator=ImageCollator())
+    trainer = BudgetedCLTrainer(
+        model=model,
+        args=config,
+        train_dataset=train.with_format("numpy"),
+        eval_dataset=test.with_format("numpy"),
+        stream=stream,
+        sample_nbytes=sample_nbytes,
+        data_collator=ImageCollator(),
+    )
     probe = StabilityProbe(trainer, opts.window)
     trainer.add_callback(probe)
     rss_before = trimmed_rss_mib(psutil.Process())[1]
@@ -169,9 +202,11 @@ def main() -> int:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        lines.append(f"| {row['samples']:,} | {row['raw_rss_mib']:.1f} | {row['rss_mib']:.1f} | "
-                     f"{row['iterations']:,} | {row['iterations_per_s']:.1f} | {row['iterations_per_cpu_s']:.1f} | "
-                     f"{row['arrivals_per_cpu_s']:.0f} | {row['memory_slots']} | {row['curve_points']} |")
+        lines.append(
+            f"| {row['samples']:,} | {row['raw_rss_mib']:.1f} | {row['rss_mib']:.1f} | "
+            f"{row['iterations']:,} | {row['iterations_per_s']:.1f} | {row['iterations_per_cpu_s']:.1f} | "
+            f"{row['arrivals_per_cpu_s']:.0f} | {row['memory_slots']} | {row['curve_points']} |"
+        )
     lines += [
         "",
         f"- Trimmed RSS from {after_warmup[0]['samples']:,} to {rows[-1]['samples']:,} samples: "

@@ -51,8 +51,8 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from hf_budgetcl.blocks import find_blocks
     from hf_budgetcl.models import build_image_classifier
+    from hf_budgetcl.models.blocks import find_blocks
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -75,8 +75,9 @@ def main() -> int:
             times.append(full[0])
             ratios.append(pruned[0] / full[0])
             flops.append(pruned[1] / full[1])
-        lines.append(f"| {size}×{size} | {mean_std(times, 1e3, 1)} | {mean_std(ratios, 1, 3)} | "
-                     f"{mean_std(flops, 1, 3)} |")
+        lines.append(
+            f"| {size}×{size} | {mean_std(times, 1e3, 1)} | {mean_std(ratios, 1, 3)} | {mean_std(flops, 1, 3)} |"
+        )
     lines += ["", f"Command: `{' '.join(['python', 'scripts/benchmark_pruned_backward.py', *sys.argv[1:]])}`", ""]
     write_fragment(args.output, "\n".join(lines))
     return 0

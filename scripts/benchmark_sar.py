@@ -20,16 +20,23 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import mean_std, paired_difference, run_cli, variant_dirname, variant_flags, write_fragment
+from bench_common import (
+    mean_std,
+    paired_difference,
+    run_cli,
+    variant_dirname,
+    variant_flags,
+    write_fragment,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
-SAMPLE_BYTES = 28 * 28 + 8  # uint8 image + int64 label (hf_budgetcl.data.images.sample_nbytes)
+SAMPLE_BYTES = 28 * 28 + 8  # uint8 image + int64 label (hf_budgetcl.data.image_rows.sample_nbytes)
 
 
 def equal_byte_budget(memory_size: int) -> int:
     """Replay's total budget: the model plus ``memory_size`` samples; every method gets exactly this many bytes."""
-    from hf_budgetcl.budget import model_bytes
+    from hf_budgetcl.accounting.memory_budget import model_bytes
     from hf_budgetcl.models import build_image_classifier
 
     model = build_image_classifier("fmd5_resnet", num_labels=10, num_channels=1, image_size=28)
@@ -39,12 +46,33 @@ def equal_byte_budget(memory_size: int) -> int:
 def run_one(entry: str, stream: str, seed: int, args: argparse.Namespace, budget: int) -> dict:
     method, flags = variant_flags(entry)
     name = variant_dirname(entry)
-    return run_cli([
-        "--config", str(CONFIG), "--method", method, "--stream", stream, "--seed", str(seed),
-        "--per_class_train", str(args.per_class_train), "--per_class_test", str(args.per_class_test),
-        "--eval_period", str(args.eval_period), "--memory_size", str(args.memory_size),
-        "--memory_budget_bytes", str(budget), *args.extra, *flags,
-    ], Path(args.work_dir) / f"{stream}_{name}_s{seed}", threads=args.threads, rerun=args.rerun)
+    return run_cli(
+        [
+            "--config",
+            str(CONFIG),
+            "--method",
+            method,
+            "--stream",
+            stream,
+            "--seed",
+            str(seed),
+            "--per_class_train",
+            str(args.per_class_train),
+            "--per_class_test",
+            str(args.per_class_test),
+            "--eval_period",
+            str(args.eval_period),
+            "--memory_size",
+            str(args.memory_size),
+            "--memory_budget_bytes",
+            str(budget),
+            *args.extra,
+            *flags,
+        ],
+        Path(args.work_dir) / f"{stream}_{name}_s{seed}",
+        threads=args.threads,
+        rerun=args.rerun,
+    )
 
 
 def table(runs: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> str:
@@ -78,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", default=None, help="markdown table (default docs/results_sar.md; --quick: work_dir)")
     p.add_argument("--work_dir", default=str(ROOT / "out/benchmark_sar"))
-    p.add_argument("--methods", nargs="+", default=["replay", "sar"],
-                   help="method or method:key=value,... (an ablation), e.g. sar:similarity_ema=1e-12")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["replay", "sar"],
+        help="method or method:key=value,... (an ablation), e.g. sar:similarity_ema=1e-12",
+    )
     p.add_argument("--streams", nargs="+", default=["gaussian", "disjoint"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--per_class_train", type=int, default=1000)
@@ -97,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         args.memory_size = min(args.memory_size, 100)
         if args.work_dir == str(ROOT / "out/benchmark_sar"):
             args.work_dir = str(ROOT / "out/benchmark_sar_quick")
-    args.output = args.output or str(Path(args.work_dir) / "results.md" if args.quick else ROOT / "docs/results_sar.md")
+    args.output = args.output or str(
+        Path(args.work_dir) / "results.md" if args.quick else ROOT / "docs/results_sar.md"
+    )
     args.budget = equal_byte_budget(args.memory_size)
     jobs = [(m, s, seed) for s in args.streams for m in args.methods for seed in args.seeds]
     print(f"{len(jobs)} runs, {args.jobs} at a time", file=sys.stderr)

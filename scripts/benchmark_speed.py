@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def round_robin(runs: dict[str, list[str] | None], rounds: int,
-                plain_args: tuple[int, int, int] = (1, 100, 20)) -> dict[str, list[dict]]:
+def round_robin(
+    runs: dict[str, list[str] | None], rounds: int, plain_args: tuple[int, int, int] = (1, 100, 20)
+) -> dict[str, list[dict]]:
     """Run every named configuration once per round, round-robin, in this process; ``None`` = the plain loop
     (FM-D5 settings; ``plain_args`` = seed, per_class_train, per_class_test) and a list = ``hf-budgetcl run``
     arguments. Returns each run's results per round."""
@@ -46,8 +47,19 @@ def round_robin(runs: dict[str, list[str] | None], rounds: int,
                     plain_loop(*plain_args, str(path / "plain.json"))
                     res = json.loads((path / "plain.json").read_text())
                 else:
-                    res = run([*argv, "--output_dir", str(path), "--report_to", "none", "--disable_tqdm", "true",
-                               "--save_strategy", "no"]).results
+                    res = run(
+                        [
+                            *argv,
+                            "--output_dir",
+                            str(path),
+                            "--report_to",
+                            "none",
+                            "--disable_tqdm",
+                            "true",
+                            "--save_strategy",
+                            "no",
+                        ]
+                    ).results
                 res["train_samples_per_s"] = res["samples_seen"] / (res["wall_time_s"] - res["eval_time_s"])
                 out[name].append(res)
                 print(f"round {r} {name}: {res['train_samples_per_s']:.2f} samples/s", flush=True)
@@ -66,8 +78,18 @@ def main() -> int:
     methods = [m for m in args.methods.split(",") if m]
     runs: dict[str, list[str] | None] = {"plain": None}
     for method in methods:
-        runs[method] = ["--config", str(CONFIG), "--method", method, "--seed", "1",
-                        "--per_class_train", str(args.per_class_train), "--per_class_test", "20"]
+        runs[method] = [
+            "--config",
+            str(CONFIG),
+            "--method",
+            method,
+            "--seed",
+            "1",
+            "--per_class_train",
+            str(args.per_class_train),
+            "--per_class_test",
+            "20",
+        ]
     results = round_robin(runs, args.rounds, plain_args=(1, args.per_class_train, 20))
     speeds = {name: [r["train_samples_per_s"] for r in rs] for name, rs in results.items()}
     base = np.median(speeds["plain"])
@@ -80,8 +102,10 @@ def main() -> int:
     ]
     for method, values in speeds.items():
         name = "plain-PyTorch ER loop" if method == "plain" else f"hf_budgetcl `{method}`"
-        lines.append(f"| {name} | {results[method][-1]['iterations']} | {np.median(values):.2f} | "
-                     f"{', '.join(f'{v:.2f}' for v in values)} | {np.median(values) / base:.2f}× |")
+        lines.append(
+            f"| {name} | {results[method][-1]['iterations']} | {np.median(values):.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in values)} | {np.median(values) / base:.2f}× |"
+        )
     text = "\n".join(lines) + "\n"
     write_fragment(args.output, text)
     return 0

@@ -21,7 +21,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_common import mean_std, paired_difference, run_cli, variant_dirname, variant_flags, write_fragment
+from bench_common import (
+    mean_std,
+    paired_difference,
+    run_cli,
+    variant_dirname,
+    variant_flags,
+    write_fragment,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {m: ROOT / f"recipes/configs/easyvqa_llava_tiny_{m}.yaml" for m in ("er", "alsar")}
@@ -34,8 +41,12 @@ def run_one(entry: str, seed: int, args: argparse.Namespace) -> dict:
     if method not in CONFIGS:
         raise SystemExit(f"--methods: {method!r} is not one of {', '.join(CONFIGS)}")
     name = variant_dirname(entry)
-    return run_cli(["--config", str(CONFIGS[method]), "--seed", str(seed), *(QUICK if args.quick else []), *args.extra,
-                    *flags], Path(args.work_dir) / f"{name}_s{seed}", threads=args.threads, rerun=args.rerun)
+    return run_cli(
+        ["--config", str(CONFIGS[method]), "--seed", str(seed), *(QUICK if args.quick else []), *args.extra, *flags],
+        Path(args.work_dir) / f"{name}_s{seed}",
+        threads=args.threads,
+        rerun=args.rerun,
+    )
 
 
 def mean_frozen_blocks(result: dict) -> float:

@@ -32,8 +32,11 @@ import numpy as np
 
 def observe(records: list[dict], every: int):
     """Wrap ``SAR.retrieve`` so that every ``every``-th draw after warm-up is described in ``records``."""
+    from hf_budgetcl.methods.retrieval_math import (
+        effective_use_frequency,
+        retrieval_probabilities,
+    )
     from hf_budgetcl.methods.sar import SAR
-    from hf_budgetcl.retrieval_math import effective_use_frequency, retrieval_probabilities
 
     original = SAR.retrieve
     calls = {"n": 0}
@@ -58,17 +61,19 @@ def observe(records: list[dict], every: int):
         newest = present[np.argmax(SAR._first_arrival[present])]  # the class introduced last
         Sp = S[np.ix_(present, present)]
         off = Sp[~np.eye(len(Sp), dtype=bool)] if len(Sp) > 1 else np.zeros(1)
-        records.append({
-            "samples_seen": int(samples_seen),
-            "own_count_term": float(np.abs(own).mean()),
-            "class_term": float(np.abs(sim).mean()),
-            "clamped_share": float(np.mean((own + sim) < 0)) if self.scale_by_memory else float("nan"),
-            "S_diag": float(np.diag(S)[present].mean()),
-            "S_offdiag": float(off.mean()),
-            "effective_slots": float(np.exp(entropy) / len(y)),
-            "newest_class_lift": float(np.mean(y[slots] == newest) / max(np.mean(y == newest), 1e-9)),
-            "recency_shift": float(np.mean(arrival[slots]) - np.mean(arrival)),
-        })
+        records.append(
+            {
+                "samples_seen": int(samples_seen),
+                "own_count_term": float(np.abs(own).mean()),
+                "class_term": float(np.abs(sim).mean()),
+                "clamped_share": float(np.mean((own + sim) < 0)) if self.scale_by_memory else float("nan"),
+                "S_diag": float(np.diag(S)[present].mean()),
+                "S_offdiag": float(off.mean()),
+                "effective_slots": float(np.exp(entropy) / len(y)),
+                "newest_class_lift": float(np.mean(y[slots] == newest) / max(np.mean(y == newest), 1e-9)),
+                "recency_shift": float(np.mean(arrival[slots]) - np.mean(arrival)),
+            }
+        )
         return slots
 
     SAR.retrieve = retrieve
@@ -113,8 +118,10 @@ def main() -> int:
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
-        *("| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
-          for r in records),
+        *(
+            "| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
+            for r in records
+        ),
         "",
         f"Command: `python scripts/diagnose_sar.py {' '.join(sys.argv[1:])}`",
     ]

@@ -26,10 +26,32 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"wall_time_s", "train_time_s", "eval_time_s", "iterations_per_s"}
-DEFAULT_ARGS = ["--config", "recipes/configs/digits_er.yaml", "--method", "alsar", "--learning_rate", "0.01",
-                "--freeze_warmup_steps", "20", "--online_iter", "1.5", "--eval_period", "100",
-                "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "100000",
-                "--save_strategy", "steps", "--save_steps", "100", "--save_total_limit", "2"]
+DEFAULT_ARGS = [
+    "--config",
+    "recipes/configs/digits_er.yaml",
+    "--method",
+    "alsar",
+    "--learning_rate",
+    "0.01",
+    "--freeze_warmup_steps",
+    "20",
+    "--online_iter",
+    "1.5",
+    "--eval_period",
+    "100",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "100000",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "100",
+    "--save_total_limit",
+    "2",
+]
 
 
 def command(args: list[str], out: Path) -> list[str]:
@@ -80,8 +102,9 @@ def main() -> int:
     kills = 0
     while kills < opts.kills:
         resumed_from = (checkpoints(killed)[0] or [0])[-1] if killed.exists() else 0
-        proc = subprocess.Popen(command(run_args, killed), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command(run_args, killed), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         t0 = time.perf_counter()
         while proc.poll() is None and not any(s > resumed_from for s in checkpoints(killed)[0]):
             time.sleep(0.02)  # wait until this attempt is training (it wrote a checkpoint of its own)
@@ -95,9 +118,16 @@ def main() -> int:
         proc.wait()
         kills += 1
         complete, incomplete = checkpoints(killed)
-        log.append({"resumed_from": resumed_from, "killed_after_s": round(time.perf_counter() - t0, 2),
-                    "random_delay_s": round(delay, 2), "complete": complete, "incomplete": incomplete,
-                    "results_json": (killed / "results.json").exists()})
+        log.append(
+            {
+                "resumed_from": resumed_from,
+                "killed_after_s": round(time.perf_counter() - t0, 2),
+                "random_delay_s": round(delay, 2),
+                "complete": complete,
+                "incomplete": incomplete,
+                "results_json": (killed / "results.json").exists(),
+            }
+        )
         print(f"kill {kills}: {log[-1]}", file=sys.stderr)
     final_from = checkpoints(killed)[0][-1]
     subprocess.run(command(run_args, killed), env=env, cwd=ROOT, check=True, capture_output=True)
@@ -125,8 +155,10 @@ def main() -> int:
         if "complete" not in entry:
             lines.append(f"| {i} | {entry['resumed_from']} | {entry['outcome']} | | |")
             continue
-        lines.append(f"| {i} | {entry['resumed_from']} | {entry['killed_after_s']} | "
-                     f"{', '.join(map(str, entry['complete']))} | {', '.join(map(str, entry['incomplete'])) or '-'} |")
+        lines.append(
+            f"| {i} | {entry['resumed_from']} | {entry['killed_after_s']} | "
+            f"{', '.join(map(str, entry['complete']))} | {', '.join(map(str, entry['incomplete'])) or '-'} |"
+        )
     lines += [
         f"| final | {final_from} | ran to the end | | |",
         "",

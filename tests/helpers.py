@@ -25,11 +25,13 @@ def tiny_config(tmp_path, **overrides) -> BudgetedCLConfig:
 
 def digits_trainer(tmp_path, per_class_train=20, per_class_test=10, model="digits_resnet", n_tasks=5, **overrides):
     """A BudgetedCLTrainer on a small real-digits stream (per_class_train rows per class)."""
-    from hf_budgetcl.data.images import ImageCollator, ImageRows, load_digits_dataset, sample_nbytes
+    from hf_budgetcl.data.image_collator import ImageCollator
+    from hf_budgetcl.data.image_datasets import load_digits_dataset
+    from hf_budgetcl.data.image_rows import ImageRows, sample_nbytes
     from hf_budgetcl.models import build_image_classifier
     from hf_budgetcl.runs.image_classification import first_per_class
-    from hf_budgetcl.stream import disjoint_stream
-    from hf_budgetcl.trainer import BudgetedCLTrainer
+    from hf_budgetcl.stream.orders import disjoint_stream
+    from hf_budgetcl.training.trainer import BudgetedCLTrainer
 
     config = tiny_config(tmp_path, **overrides)
     train, test = load_digits_dataset()
@@ -38,6 +40,11 @@ def digits_trainer(tmp_path, per_class_train=20, per_class_test=10, model="digit
     stream = disjoint_stream(np.asarray(train["label"]), n_tasks, seed=config.seed)
     model = build_image_classifier(model, num_labels=10, num_channels=1, image_size=8)
     return BudgetedCLTrainer(
-        model=model, args=config, train_dataset=ImageRows.from_dataset(train), eval_dataset=test, stream=stream,
-        sample_nbytes=sample_nbytes, data_collator=ImageCollator(),
+        model=model,
+        args=config,
+        train_dataset=ImageRows.from_dataset(train),
+        eval_dataset=test,
+        stream=stream,
+        sample_nbytes=sample_nbytes,
+        data_collator=ImageCollator(),
     )

@@ -1,22 +1,47 @@
 import pytest
 import torch
-from transformers import (CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration,
-                          ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification)
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
-from hf_budgetcl.blocks import find_blocks
 from hf_budgetcl.models import build_image_classifier
+from hf_budgetcl.models.blocks import find_blocks
 
 
 def _llama(layers=3):
-    return LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                       num_attention_heads=2, num_key_value_heads=1)
+    return LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
 
 
 def _llava():
-    return LlavaForConditionalGeneration(LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=16, patch_size=8),
-        text_config=_llama(), image_token_id=63))
+    return LlavaForConditionalGeneration(
+        LlavaConfig(
+            vision_config=CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=8,
+            ),
+            text_config=_llama(),
+            image_token_id=63,
+        )
+    )
 
 
 def _all_trainable_assigned_once(model, part):
@@ -26,8 +51,11 @@ def _all_trainable_assigned_once(model, part):
 
 
 def test_hf_resnet_blocks_are_residual_layers_with_their_shortcuts():
-    model = ResNetForImageClassification(ResNetConfig(num_channels=1, embedding_size=8, hidden_sizes=[8, 16],
-                                                      depths=[2, 2], layer_type="basic", num_labels=10))
+    model = ResNetForImageClassification(
+        ResNetConfig(
+            num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[2, 2], layer_type="basic", num_labels=10
+        )
+    )
     part = find_blocks(model)
     assert part.names == ["stem"] + [f"resnet.encoder.stages.{s}.layers.{i}" for s in (0, 1) for i in (0, 1)]
     shortcut = model.resnet.encoder.stages[1].layers[0].shortcut.convolution.weight
@@ -37,8 +65,17 @@ def test_hf_resnet_blocks_are_residual_layers_with_their_shortcuts():
 
 
 def test_vit_stem_holds_embeddings_cls_and_position():
-    model = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                                intermediate_size=64, image_size=16, patch_size=4, num_labels=5))
+    model = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=4,
+            num_labels=5,
+        )
+    )
     part = find_blocks(model)
     assert len(part) == 4 and part.names[0] == "stem"
     stem_ids = {id(p) for p in part.params[0]}
@@ -66,7 +103,9 @@ def test_llava_blocks_are_the_language_model_decoder_layers():
 def test_lora_blocks_hold_only_the_adapters_of_each_decoder_layer():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(_llava(), LoraConfig(r=2, target_modules=r".*language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"))
+    model = get_peft_model(
+        _llava(), LoraConfig(r=2, target_modules=r".*language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)")
+    )
     part = find_blocks(model)
     assert part.names == [f"model.language_model.layers.{i}" for i in range(3)]
     assert all(len(ps) == 4 for ps in part.params)  # lora_A, lora_B for q and v

@@ -3,9 +3,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_budgetcl.blocks import find_blocks
-from hf_budgetcl.budget import FlopsLedger, FlopsProfiler, MemoryBudget, StepCost, model_bytes
+from hf_budgetcl.accounting.flops import FlopsProfiler, StepCost
+from hf_budgetcl.accounting.ledger import FlopsLedger
+from hf_budgetcl.accounting.memory_budget import MemoryBudget, model_bytes
 from hf_budgetcl.models import build_image_classifier
+from hf_budgetcl.models.blocks import find_blocks
 
 
 def _loss(model, inputs):
@@ -49,8 +51,14 @@ def test_profiler_leaves_batchnorm_statistics_and_rng_untouched():
 
 
 def test_cpu_sdpa_attention_is_counted():
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     ids = torch.randint(0, 64, (2, 32))
     totals = {}
     for impl in ("eager", "sdpa"):
@@ -96,7 +104,12 @@ def test_model_bytes_are_the_real_tensor_bytes():
 def test_memory_budget_itemises_and_rejects_too_small_budgets():
     budget = MemoryBudget(total_bytes=1000, model_bytes=600, optimizer_state_bytes=100, extra_state_bytes={"s": 50})
     assert budget.sample_bytes_available == 250
-    assert budget.itemise(200) == {"model": 600, "optimizer_state": 100, "extra:s": 50, "replay_samples": 200,
-                                   "total": 950}
+    assert budget.itemise(200) == {
+        "model": 600,
+        "optimizer_state": 100,
+        "extra:s": 50,
+        "replay_samples": 200,
+        "total": 950,
+    }
     with pytest.raises(ValueError, match="memory_budget_bytes=500 is smaller"):
         MemoryBudget(total_bytes=500, model_bytes=600).validate()

@@ -75,8 +75,16 @@ def test_missing_dataset_path_and_label_column(capsys, tmp_path):
 
 def test_stream_json_with_unknown_indices(capsys, tmp_path):
     stream = tmp_path / "stream.json"
-    stream.write_text(json.dumps({"kind": "json", "params": {}, "task_boundaries": [],
-                                  "stream": [{"index": 10**6, "label": 0, "time": 0.0}]}))
+    stream.write_text(
+        json.dumps(
+            {
+                "kind": "json",
+                "params": {},
+                "task_boundaries": [],
+                "stream": [{"index": 10**6, "label": 0, "time": 0.0}],
+            }
+        )
+    )
     code, err = _run(capsys, "--output_dir", str(tmp_path), "--stream_file", str(stream))
     line = _error_line(err)
     assert code == 2 and "stream.json" in line
@@ -93,8 +101,24 @@ def test_a_failed_run_leaves_earlier_results_intact(capsys, tmp_path):
 
 def test_cli_override_beats_yaml_and_runs(tmp_path, capsys):
     out = tmp_path / "o"
-    code = main(["run", *BASE, "--method", "replay", "--seed", "2", "--output_dir", str(out),
-                 "--per_class_train", "8", "--per_class_test", "5", "--eval_period", "40"])
+    code = main(
+        [
+            "run",
+            *BASE,
+            "--method",
+            "replay",
+            "--seed",
+            "2",
+            "--output_dir",
+            str(out),
+            "--per_class_train",
+            "8",
+            "--per_class_test",
+            "5",
+            "--eval_period",
+            "40",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "replay" and results["seed"] == 2 and results["samples_seen"] == 80
@@ -120,9 +144,24 @@ def _image_folder(root, per_class=6, corrupt=0, corrupt_only=False):
     return root
 
 
-FOLDER_RUN = ["--model_name_or_path", "digits_resnet", "--method", "er", "--memory_size", "10",
-              "--per_device_train_batch_size", "4", "--n_tasks", "2", "--eval_period", "6", "--report_to", "none",
-              "--disable_tqdm", "true"]
+FOLDER_RUN = [
+    "--model_name_or_path",
+    "digits_resnet",
+    "--method",
+    "er",
+    "--memory_size",
+    "10",
+    "--per_device_train_batch_size",
+    "4",
+    "--n_tasks",
+    "2",
+    "--eval_period",
+    "6",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def test_corrupt_images_are_skipped_with_one_warning_and_counted(tmp_path, capsys):
@@ -137,14 +176,18 @@ def test_corrupt_images_are_skipped_with_one_warning_and_counted(tmp_path, capsy
 
 def test_a_folder_of_only_corrupt_images_is_an_error(tmp_path, capsys):
     root = _image_folder(tmp_path / "imgs", corrupt=3, corrupt_only=True)
-    code, err = main(["run", "--dataset", str(root), *FOLDER_RUN, "--output_dir", str(tmp_path / "o")]), \
-        capsys.readouterr().err
+    code, err = (
+        main(["run", "--dataset", str(root), *FOLDER_RUN, "--output_dir", str(tmp_path / "o")]),
+        capsys.readouterr().err,
+    )
     line = _error_line(err)
     assert code == 2 and "no readable images" in line and "imgs" in line
 
 
-@pytest.mark.parametrize("labels, message", [(["a", "b"], "non-negative integers"), ([0, -1], "non-negative"),
-                                             ([0.5, 1.0], "non-negative integers")])
+@pytest.mark.parametrize(
+    "labels, message",
+    [(["a", "b"], "non-negative integers"), ([0, -1], "non-negative"), ([0.5, 1.0], "non-negative integers")],
+)
 def test_non_integer_or_negative_dataset_labels(tmp_path, capsys, labels, message):
     import numpy as np
     from datasets import Dataset, DatasetDict
@@ -163,13 +206,16 @@ def _stream_file(tmp_path, entries):
     return path
 
 
-@pytest.mark.parametrize("entries, message", [
-    ([], "empty stream"),
-    ([{"index": 0, "label": "cat", "time": 0.0}], "integer"),
-    ([{"index": 0, "label": 1.5, "time": 0.0}], "integer"),
-    ([{"index": 0, "label": 99, "time": 0.0}], "has label 99 but dataset row 0"),  # out of the dataset's classes
-    ([{"index": -3, "label": 0, "time": 0.0}], "outside"),
-])
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([], "empty stream"),
+        ([{"index": 0, "label": "cat", "time": 0.0}], "integer"),
+        ([{"index": 0, "label": 1.5, "time": 0.0}], "integer"),
+        ([{"index": 0, "label": 99, "time": 0.0}], "has label 99 but dataset row 0"),  # out of the dataset's classes
+        ([{"index": -3, "label": 0, "time": 0.0}], "outside"),
+    ],
+)
 def test_bad_stream_files_name_the_file(tmp_path, capsys, entries, message):
     out = tmp_path / "out"
     out.mkdir()

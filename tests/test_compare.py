@@ -2,15 +2,29 @@ import json
 
 import pytest
 
-from hf_budgetcl.compare import summarize, to_markdown
 from hf_budgetcl.cli import main
+from hf_budgetcl.compare.harness import summarize, to_markdown
 
 
 def _fake(method, seed, auc, flops):
-    return {"method": method, "seed": seed, "A_auc": auc, "A_last": auc, "F_last": 0.1, "train_flops": flops,
-            "wall_time_s": 10.0, "backward_flops_saved_fraction": 0.0, "memory_bytes": {"total": 2_000_000},
-            "memory_budget_bytes": 2_500_000, "flops_budget": None, "iterations": 100, "samples_seen": 100,
-            "train_time_s": 9.0, "eval_time_s": 1.0, "curve": []}
+    return {
+        "method": method,
+        "seed": seed,
+        "A_auc": auc,
+        "A_last": auc,
+        "F_last": 0.1,
+        "train_flops": flops,
+        "wall_time_s": 10.0,
+        "backward_flops_saved_fraction": 0.0,
+        "memory_bytes": {"total": 2_000_000},
+        "memory_budget_bytes": 2_500_000,
+        "flops_budget": None,
+        "iterations": 100,
+        "samples_seen": 100,
+        "train_time_s": 9.0,
+        "eval_time_s": 1.0,
+        "curve": [],
+    }
 
 
 def test_summary_mean_and_sample_std():
@@ -30,9 +44,30 @@ def test_summary_of_one_seed_without_forgetting_shows_no_spread():
 
 def test_compare_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = main(["compare", "--config", "recipes/configs/digits_er.yaml", "--methods", "er,replay", "--seeds", "1",
-                 "--output_dir", str(out), "--jobs", "2", "--", "--per_class_train", "8", "--per_class_test", "5",
-                 "--eval_period", "40", "--flops_budget_per_sample", "5e7"])
+    code = main(
+        [
+            "compare",
+            "--config",
+            "recipes/configs/digits_er.yaml",
+            "--methods",
+            "er,replay",
+            "--seeds",
+            "1",
+            "--output_dir",
+            str(out),
+            "--jobs",
+            "2",
+            "--",
+            "--per_class_train",
+            "8",
+            "--per_class_test",
+            "5",
+            "--eval_period",
+            "40",
+            "--flops_budget_per_sample",
+            "5e7",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["summary"]) == {"er", "replay"}
@@ -44,6 +79,18 @@ def test_compare_command_end_to_end(tmp_path, capsys):
 
 
 def test_compare_rejects_unknown_method(tmp_path, capsys):
-    assert main(["compare", "--config", "recipes/configs/digits_er.yaml", "--methods", "er,wat",
-                 "--output_dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                "--config",
+                "recipes/configs/digits_er.yaml",
+                "--methods",
+                "er,wat",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "wat" in capsys.readouterr().err

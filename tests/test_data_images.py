@@ -11,18 +11,22 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset
 
-from hf_budgetcl.data.images import (
+from hf_budgetcl.data.idx import (
     FASHION_MNIST_LABELS,
-    ImageCollator,
+    load_fashion_mnist,
+    load_idx_dataset,
+    read_idx,
+)
+from hf_budgetcl.data.image_collator import ImageCollator
+from hf_budgetcl.data.image_datasets import (
+    load_digits_dataset,
+    load_image_dataset,
+    load_named_image_dataset,
+)
+from hf_budgetcl.data.image_rows import (
     ImageRows,
     arrays_to_dataset,
     dataset_arrays,
-    load_digits_dataset,
-    load_fashion_mnist,
-    load_idx_dataset,
-    load_image_dataset,
-    load_named_image_dataset,
-    read_idx,
     sample_nbytes,
 )
 
@@ -31,7 +35,7 @@ def _write_idx(path, array: np.ndarray, compress: bool = True) -> None:
     """Hand-written idx encoder (uint8 payload), independent of the reader under test."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     raw = header + np.ascontiguousarray(array, np.uint8).tobytes()
-    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+    with gzip.open(path, "wb") if compress else open(path, "wb") as f:
         f.write(raw)
 
 
@@ -171,7 +175,7 @@ def test_real_fashion_mnist_fmd5_subset(monkeypatch):
     assert x.min() == 0 and x.max() == 255
     # file order: the kept images are exactly the first 1000 of each class in the raw file
     assert train.cache_files == []  # built in memory: nothing written to the HF cache
-    from hf_budgetcl.data.images import _find_idx, _fashion_mnist_root
+    from hf_budgetcl.data.idx import _fashion_mnist_root, _find_idx
 
     base = _fashion_mnist_root(None)
     raw_x = read_idx(_find_idx(base, "train-images-idx3-ubyte"))

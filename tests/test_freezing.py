@@ -8,16 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from hf_budgetcl.blocks import BlockPartition
-from hf_budgetcl.budget import StepCost
-from hf_budgetcl.freezing import AdaptiveFreezingCallback, StaticFreezing, make_freezing_policy
+from hf_budgetcl.accounting.flops import StepCost
+from hf_budgetcl.freezing.adaptive import AdaptiveFreezingCallback
+from hf_budgetcl.freezing.policies import StaticFreezing, make_freezing_policy
+from hf_budgetcl.models.blocks import BlockPartition
 from tests.helpers import digits_trainer
 
 
 def _partition(n_blocks=3):
     params = [[torch.nn.Parameter(torch.ones(2))] for _ in range(n_blocks)]
-    return BlockPartition(names=[f"b{i}" for i in range(n_blocks)], params=params, modules=[None] * n_blocks,
-                          head_params=[torch.nn.Parameter(torch.ones(1))])
+    return BlockPartition(
+        names=[f"b{i}" for i in range(n_blocks)],
+        params=params,
+        modules=[None] * n_blocks,
+        head_params=[torch.nn.Parameter(torch.ones(1))],
+    )
 
 
 class _Out:
@@ -62,7 +67,9 @@ def test_fisher_ema_updates_only_blocks_that_trained():
     for ps, g in zip(part.params, (1.0, 2.0, 3.0)):
         ps[0].grad = torch.full((2,), g)
     policy.on_pre_optimizer_step(None, None, None)
-    assert policy.fisher.tolist() == pytest.approx([2.0, 8.0, 18.0], rel=1e-12)  # first measurement replaces the zero start
+    assert policy.fisher.tolist() == pytest.approx(
+        [2.0, 8.0, 18.0], rel=1e-12
+    )  # first measurement replaces the zero start
     policy.last_frozen = 2
     part.params[0][0].grad = None  # frozen blocks have no gradient
     part.params[1][0].grad = None
@@ -109,8 +116,15 @@ def test_frozen_blocks_and_their_optimizer_state_do_not_move(tmp_path):
 
 def test_adaptive_freezing_saves_backward_flops_in_a_real_run(tmp_path):
     # fmd5_resnet: stem + 3 stages. (digits_resnet's 3 blocks never freeze: its stem has the most Fisher per FLOP.)
-    trainer = digits_trainer(tmp_path, per_class_train=20, model="fmd5_resnet", freeze="adaptive",
-                             freeze_warmup_steps=10, fisher_update_every=4, eval_period=1000)
+    trainer = digits_trainer(
+        tmp_path,
+        per_class_train=20,
+        model="fmd5_resnet",
+        freeze="adaptive",
+        freeze_warmup_steps=10,
+        fisher_update_every=4,
+        eval_period=1000,
+    )
     trainer.train()
     r = trainer.results
     hist = {int(k): v for k, v in r["frozen_blocks_histogram"].items()}
@@ -124,8 +138,16 @@ def test_adaptive_freezing_saves_backward_flops_in_a_real_run(tmp_path):
 def test_two_process_ddp_ranks_agree(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(root / "tests/ddp_scripts/freeze_ddp.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(root / "tests/ddp_scripts/freeze_ddp.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
@@ -138,11 +160,12 @@ def test_two_process_ddp_ranks_agree(tmp_path):
 
 
 def test_curve_records_frozen_blocks_over_the_stream(tmp_path):
-    from hf_budgetcl.compare import plot
-    from hf_budgetcl.metrics import frozen_blocks_per_interval
+    from hf_budgetcl.compare.harness import plot
+    from hf_budgetcl.evaluation.metrics import frozen_blocks_per_interval
 
-    trainer = digits_trainer(tmp_path, per_class_train=12, model="fmd5_resnet", freeze="adaptive",
-                             freeze_warmup_steps=5, eval_period=30)
+    trainer = digits_trainer(
+        tmp_path, per_class_train=12, model="fmd5_resnet", freeze="adaptive", freeze_warmup_steps=5, eval_period=30
+    )
     trainer.train()
     totals = [p.frozen_blocks for p in trainer.curve]
     assert totals == sorted(totals)  # cumulative

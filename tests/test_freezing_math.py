@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_budgetcl.freezing_math import (
+from hf_budgetcl.freezing.criterion import (
     backward_saved_per_block,
     batch_informativeness,
     fisher_ema_update,
@@ -134,9 +134,7 @@ def _official_get_freeze_idx(F, FF, BF, head_fwd, head_bwd, s_b):
     cum_f = [sum(F[1 : i + 1]) for i in range(1, L)]
     ratios = [1.0, 1.0] + [uc / (uc - cum_bf[i]) * (tot_f - cum_f[i]) / (tot_f + 1e-10) for i in range(L - 1)]
     r_max = max(ratios)
-    scores = [s_b, s_b] + [
-        s_b * (tot_f - cum_f[i]) / (tot_f + 1e-10) + cum_bf[i] / uc * r_max for i in range(L - 1)
-    ]
+    scores = [s_b, s_b] + [s_b * (tot_f - cum_f[i]) / (tot_f + 1e-10) + cum_bf[i] / uc * r_max for i in range(L - 1)]
     return int(np.argmax(scores))
 
 
@@ -238,9 +236,14 @@ def test_grad_sq_sum_low_precision():
 
 def test_grad_sq_sum_fused_equals_elementwise_over_mixed_dtypes():
     gen = torch.Generator().manual_seed(0)
-    grads = [torch.randn(17, 5, generator=gen), torch.randn(3, generator=gen).to(torch.bfloat16),
-             torch.randn(2, 2, dtype=torch.float64, generator=gen), torch.tensor(3.0), torch.empty(0),
-             torch.tensor([1.0, math.inf]).to(torch.bfloat16)]
+    grads = [
+        torch.randn(17, 5, generator=gen),
+        torch.randn(3, generator=gen).to(torch.bfloat16),
+        torch.randn(2, 2, dtype=torch.float64, generator=gen),
+        torch.tensor(3.0),
+        torch.empty(0),
+        torch.tensor([1.0, math.inf]).to(torch.bfloat16),
+    ]
     expected = sum(float((g.double() ** 2).sum()) for g in grads[:5])
     value, bad = grad_sq_sum(grads)
     assert value == pytest.approx(expected, rel=1e-12) and bad == 1

@@ -15,13 +15,20 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hf_budgetcl.cli import main as cli_main
+from hf_budgetcl.data.image_collator import ImageCollator
 from hf_budgetcl.data.image_processing import image_processor_for
-from hf_budgetcl.data.images import ImageCollator
-from hf_budgetcl.hub import HubUnreachableError, build_model_card, push_output_dir, template_path
+from hf_budgetcl.hub.model_card import build_model_card, template_path
+from hf_budgetcl.hub.push import HubUnreachableError, push_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED_PUSH = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "results.json",
-                 "stream.json"}
+EXPECTED_PUSH = {
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "results.json",
+    "stream.json",
+}
 
 
 class FakeHfApi(HfApi):
@@ -40,14 +47,22 @@ class FakeHfApi(HfApi):
 
     def create_commit(self, repo_id, operations, **kwargs):
         self.calls.append(("create_commit", (repo_id, list(operations)), kwargs))
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message="m",
-                          commit_description="", oid="0" * 40)
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/0",
+            commit_message="m",
+            commit_description="",
+            oid="0" * 40,
+        )
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         files = sorted(p.name for p in Path(folder_path).iterdir() if p.is_file())
         self.calls.append(("upload_folder", (repo_id, folder_path, files), kwargs))
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="m",
-                          commit_description="", oid="1" * 40)
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/1",
+            commit_message="m",
+            commit_description="",
+            oid="1" * 40,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -56,31 +71,60 @@ def digits_run(tmp_path_factory):
     from hf_budgetcl.runs.image_classification import run
 
     out = tmp_path_factory.mktemp("digits") / "digits-er"
-    trainer = run(["--config", str(ROOT / "recipes/configs/digits_er.yaml"), "--output_dir", str(out),
-                   "--online_iter", "0.02", "--eval_period", "1000", "--per_device_eval_batch_size", "128",
-                   "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1000"])
+    trainer = run(
+        [
+            "--config",
+            str(ROOT / "recipes/configs/digits_er.yaml"),
+            "--output_dir",
+            str(out),
+            "--online_iter",
+            "0.02",
+            "--eval_period",
+            "1000",
+            "--per_device_eval_batch_size",
+            "128",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--logging_steps",
+            "1000",
+        ]
+    )
     return trainer, out, json.loads((out / "results.json").read_text())
 
 
 def realistic_results() -> dict:
     """A results.json of an aL run with a FLOPs budget, an extra state item and a NaN A_last (no final eval)."""
     return {
-        "method": "er", "freeze": {"mode": "adaptive", "fisher": [0.1, 0.2]},
+        "method": "er",
+        "freeze": {"mode": "adaptive", "fisher": [0.1, 0.2]},
         "stream": {"kind": "gaussian", "length": 5000, "params": {"sigma": 0.1, "repeat": 1, "seed": 3}},
-        "seed": 3, "A_auc": 0.6123, "A_last": float("nan"), "F_last": 0.05,
-        "train_flops": 1.25e12, "flops_budget": 2.5e12,
+        "seed": 3,
+        "A_auc": 0.6123,
+        "A_last": float("nan"),
+        "F_last": 0.05,
+        "train_flops": 1.25e12,
+        "flops_budget": 2.5e12,
         "flops_items": {"train_forward": 5e11, "train_backward": 7e11, "freeze_decision": 5e10},
-        "backward_flops_saved_fraction": 0.3125, "memory_bytes": {"model": 1000, "extra:fisher": 64,
-                                                                   "replay_samples": 720, "total": 1784},
-        "memory_budget_bytes": 2000, "memory_slots": 10, "samples_seen": 5000, "iterations": 4000,
-        "online_iter": 1.0, "batch_size": 16, "stopped_by": "flops_budget", "curve": [{}, {}, {}],
+        "backward_flops_saved_fraction": 0.3125,
+        "memory_bytes": {"model": 1000, "extra:fisher": 64, "replay_samples": 720, "total": 1784},
+        "memory_budget_bytes": 2000,
+        "memory_slots": 10,
+        "samples_seen": 5000,
+        "iterations": 4000,
+        "online_iter": 1.0,
+        "batch_size": 16,
+        "stopped_by": "flops_budget",
+        "curve": [{}, {}, {}],
     }
 
 
 def test_package_template_is_a_copy_of_model_cards_template():
     source = ROOT / "model_cards" / "budgetcl_model_card.md"
     assert Path(template_path()).read_text() == source.read_text(), (
-        "cp model_cards/budgetcl_model_card.md hf_budgetcl/templates/model_card.md")
+        "cp model_cards/budgetcl_model_card.md hf_budgetcl/templates/model_card.md"
+    )
 
 
 def test_card_model_index_round_trips(digits_run):
@@ -93,7 +137,11 @@ def test_card_model_index_round_trips(digits_run):
     assert values == {"A_AUC": results["A_auc"], "A_last": results["A_last"]}
     for e in evals:
         assert (e.task_type, e.dataset_type, e.metric_type, e.dataset_split) == (
-            "image-classification", "digits", "accuracy", "test")
+            "image-classification",
+            "digits",
+            "accuracy",
+            "test",
+        )
         assert e.dataset_name == "digits (disjoint stream, seed 1)"
         assert e.dataset_args["stream"] == "disjoint" and e.dataset_args["length"] == results["stream"]["length"]
     card = ModelCard.load(out / "README.md")
@@ -122,8 +170,14 @@ def test_card_contains_budget_stream_method_versions_citation(digits_run):
 
 
 def test_build_model_card_from_a_realistic_dict():
-    card = build_model_card(realistic_results(), None, model_name="user/al-gaussian", base_model="user/base",
-                            dataset_name="cifar10", task_type="image-text-to-text")
+    card = build_model_card(
+        realistic_results(),
+        None,
+        model_name="user/al-gaussian",
+        base_model="user/base",
+        dataset_name="cifar10",
+        task_type="image-text-to-text",
+    )
     text = str(card)
     assert "| training FLOPs | 1.25e+12 (50.0 %) | 2.5e+12 |" in text
     assert "| extra:fisher | 64 |" in text and "| **total** | 1,784 | 2,000 |" in text
@@ -143,7 +197,12 @@ def test_push_output_dir_sends_exactly_the_checkpoint_files(digits_run):
     assert info.commit_url.endswith("/commit/0")
     (name, (repo,), kwargs), (name2, (repo2, ops), kwargs2) = api.calls
     assert (name, repo, kwargs["private"], kwargs["exist_ok"], kwargs["token"]) == (
-        "create_repo", "user/digits-er", True, True, "hf_test")
+        "create_repo",
+        "user/digits-er",
+        True,
+        True,
+        "hf_test",
+    )
     assert (name2, repo2, kwargs2["token"]) == ("create_commit", "user/digits-er", "hf_test")
     assert {op.path_in_repo for op in ops} == EXPECTED_PUSH  # no training_args.bin pickle, no checkpoints
     for op in ops:
@@ -190,10 +249,11 @@ def test_trainer_push_to_hub_goes_through_our_card(digits_run, tmp_path, monkeyp
 
 
 def test_checkpoint_round_trip_reproduces_a_last(digits_run):
-    import hf_budgetcl.models  # noqa: F401  (registers cifar_resnet with the Auto classes)
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from hf_budgetcl.data.images import dataset_arrays, load_digits_dataset
+    import hf_budgetcl.models  # noqa: F401  (registers cifar_resnet with the Auto classes)
+    from hf_budgetcl.data.image_datasets import load_digits_dataset
+    from hf_budgetcl.data.image_rows import dataset_arrays
 
     _, out, results = digits_run
     processor = AutoImageProcessor.from_pretrained(out)
@@ -206,13 +266,16 @@ def test_checkpoint_round_trip_reproduces_a_last(digits_run):
     assert float(np.mean(predictions == labels)) == results["A_last"]
 
 
-@pytest.mark.parametrize("collator, shape", [
-    (ImageCollator(), (1, 8, 8)),
-    (ImageCollator(pad=2), (1, 28, 28)),
-    (ImageCollator(pad=2, channels=3, mean=[0.5] * 3, std=[0.25] * 3), (1, 28, 28)),
-    (ImageCollator(mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.3]), (3, 16, 16)),
-    (ImageCollator(resize=32), (1, 28, 28)),
-])
+@pytest.mark.parametrize(
+    "collator, shape",
+    [
+        (ImageCollator(), (1, 8, 8)),
+        (ImageCollator(pad=2), (1, 28, 28)),
+        (ImageCollator(pad=2, channels=3, mean=[0.5] * 3, std=[0.25] * 3), (1, 28, 28)),
+        (ImageCollator(mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.3]), (3, 16, 16)),
+        (ImageCollator(resize=32), (1, 28, 28)),
+    ],
+)
 def test_image_processor_reproduces_the_collator(collator, shape, tmp_path):
     from transformers import AutoImageProcessor
 
@@ -239,4 +302,3 @@ def test_image_processor_pad_and_resize_is_approximate_but_shaped_right(tmp_path
 def test_image_processor_rejects_unsupported_channel_change():
     with pytest.raises(ValueError, match="only turn 1 channel into 3"):
         image_processor_for(ImageCollator(channels=4), (1, 8, 8))
-

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hf_budgetcl.memory import EpisodicMemory
+from hf_budgetcl.stream.memory import EpisodicMemory
 
 
 def test_fills_until_byte_capacity_then_evicts_from_largest_class():
@@ -44,7 +44,8 @@ def test_slot_cap_and_use_counts_reset_on_eviction():
 
 
 def test_bytes_used_equals_real_bytes_of_stored_images():
-    from hf_budgetcl.data.images import load_digits_dataset, sample_nbytes
+    from hf_budgetcl.data.image_datasets import load_digits_dataset
+    from hf_budgetcl.data.image_rows import sample_nbytes
 
     train, _ = load_digits_dataset()
     train = train.with_format("numpy")

@@ -5,15 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_budgetcl.budget_matching import ema_update, paced_online_iter
-from hf_budgetcl.freezing_lisa import draw_active_blocks
+from hf_budgetcl.accounting.pacing import ema_update, paced_online_iter
+from hf_budgetcl.freezing.lisa import draw_active_blocks
 from hf_budgetcl.methods import METHODS, get_method
 from hf_budgetcl.methods.base import parse_method_options
 from hf_budgetcl.methods.derpp import derpp_loss, derpp_loss_flops
 from hf_budgetcl.methods.ewc import ewc_flops, ewc_penalty, fisher_update
 from hf_budgetcl.methods.mir import per_sample_loss, select_most_interfered
 from hf_budgetcl.methods.remind import dequantise_uint8, quantise_uint8
-
 from tests.helpers import digits_trainer, tiny_config
 
 DIGIT_BYTES = 72  # 8x8 uint8 + 8 bytes of label/shape (data.images.sample_nbytes)
@@ -109,8 +108,13 @@ def test_paced_online_iter_by_hand():
 
 # ---- accounting in the trainer --------------------------------------------------------------------------------------
 def _run(tmp_path, method, **overrides):
-    values = dict(method=method, memory_size=None, memory_budget_bytes=250_000, flops_budget_per_sample=4e7,
-                  budget_matching="auto")
+    values = dict(
+        method=method,
+        memory_size=None,
+        memory_budget_bytes=250_000,
+        flops_budget_per_sample=4e7,
+        budget_matching="auto",
+    )
     values.update(overrides)
     trainer = digits_trainer(tmp_path / method.replace("+", "_"), per_class_train=8, per_class_test=3, **values)
     trainer.train()
@@ -147,16 +151,20 @@ def test_mir_probe_charge_is_the_profilers_measurement_and_side_effect_free(tmp_
     stream_part = collate_rows(trainer, stream.indices[30 - 4 : 30])  # ER half of a batch of 8
     candidates = collate_rows(trainer, stream.indices[:12])
     n_params = sum(p.numel() for p in trainer.model.parameters())
-    expected = (trainer.profiler.cost(stream_part).train_flops(0) + 2 * n_params
-                + 2 * trainer.profiler.forward_flops(candidates))
+    expected = (
+        trainer.profiler.cost(stream_part).train_flops(0)
+        + 2 * n_params
+        + 2 * trainer.profiler.forward_flops(candidates)
+    )
     assert trainer.profiler.forward_flops(candidates) == trainer.profiler.cost(candidates).forward
     assert trainer.method.extra_flops_per_iteration(trainer, 8)["mir_retrieval"] == pytest.approx(expected)
     assert trainer.method.extra_flops_per_iteration(trainer, 8)["mir_retrieval"] == 0.0  # charged once
 
 
 def test_per_slot_bytes_shrink_the_replay_memory(tmp_path):
-    budget = dict(memory_budget_bytes=80_024 + 3_000, flops_budget_per_sample=None, budget_matching="none",
-                  online_iter=0.25)
+    budget = dict(
+        memory_budget_bytes=80_024 + 3_000, flops_budget_per_sample=None, budget_matching="none", online_iter=0.25
+    )
     er_trainer, er = _run(tmp_path, "er", **budget)
     derpp_trainer, derpp = _run(tmp_path, "derpp", **budget)
     remind_trainer, remind = _run(tmp_path, "remind", **budget)

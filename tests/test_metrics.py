@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from hf_budgetcl.metrics import (
+from hf_budgetcl.evaluation.metrics import (
     a_auc,
     a_last,
     accuracy_by_class,

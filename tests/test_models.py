@@ -22,8 +22,11 @@ from hf_budgetcl.models import (
 
 # (preset, channels, image size) as the recipes use them
 CASES = [
-    ("cifar_resnet32", 3, 32), ("fmd5_resnet", 1, 28), ("digits_resnet", 1, 8),
-    ("tiny_vit", 1, 8), ("tiny_resnet", 3, 16),
+    ("cifar_resnet32", 3, 32),
+    ("fmd5_resnet", 1, 28),
+    ("digits_resnet", 1, 8),
+    ("tiny_vit", 1, 8),
+    ("tiny_resnet", 3, 16),
 ]
 
 

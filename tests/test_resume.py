@@ -12,26 +12,78 @@ import numpy as np
 import pytest
 import torch
 
-from hf_budgetcl.checkpointing import CL_STATE_NAME, find_resumable_checkpoint
 from hf_budgetcl.cli import main
-from hf_budgetcl.memory import EpisodicMemory
 from hf_budgetcl.methods import get_method
-from hf_budgetcl.sampler import OnlineStreamSampler
-from hf_budgetcl.stream import disjoint_stream
-from hf_budgetcl.trainer import BudgetedCLTrainer
+from hf_budgetcl.stream.memory import EpisodicMemory
+from hf_budgetcl.stream.orders import disjoint_stream
+from hf_budgetcl.stream.sampler import OnlineStreamSampler
+from hf_budgetcl.training.checkpointing import CL_STATE_NAME, find_resumable_checkpoint
+from hf_budgetcl.training.trainer import BudgetedCLTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"wall_time_s", "train_time_s", "eval_time_s", "iterations_per_s"}
-ER_ARGS = ["--config", "recipes/configs/digits_er.yaml", "--report_to", "none", "--disable_tqdm", "true",
-           "--per_class_train", "16", "--per_class_test", "5", "--eval_period", "40", "--logging_steps", "1000",
-           "--save_strategy", "steps", "--save_steps", "25", "--save_total_limit", "2"]
+ER_ARGS = [
+    "--config",
+    "recipes/configs/digits_er.yaml",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--per_class_train",
+    "16",
+    "--per_class_test",
+    "5",
+    "--eval_period",
+    "40",
+    "--logging_steps",
+    "1000",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "25",
+    "--save_total_limit",
+    "2",
+]
 # aL-SAR with adaptive freezing that really freezes (high lr), and 1.5 iterations per arrival (an arrival's second
 # iteration may be owed across a checkpoint).
-ALSAR_ARGS = ["--config", "recipes/configs/digits_er.yaml", "--report_to", "none", "--disable_tqdm", "true",
-              "--per_class_train", "12", "--per_class_test", "5", "--eval_period", "40", "--logging_steps", "1000",
-              "--method", "alsar", "--per_device_train_batch_size", "8", "--memory_size", "60", "--learning_rate",
-              "0.01", "--freeze_warmup_steps", "4", "--fisher_update_every", "3", "--sar_warmup_samples", "30",
-              "--online_iter", "1.5", "--save_strategy", "steps", "--save_steps", "20", "--save_total_limit", "2"]
+ALSAR_ARGS = [
+    "--config",
+    "recipes/configs/digits_er.yaml",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--per_class_train",
+    "12",
+    "--per_class_test",
+    "5",
+    "--eval_period",
+    "40",
+    "--logging_steps",
+    "1000",
+    "--method",
+    "alsar",
+    "--per_device_train_batch_size",
+    "8",
+    "--memory_size",
+    "60",
+    "--learning_rate",
+    "0.01",
+    "--freeze_warmup_steps",
+    "4",
+    "--fisher_update_every",
+    "3",
+    "--sar_warmup_samples",
+    "30",
+    "--online_iter",
+    "1.5",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "20",
+    "--save_total_limit",
+    "2",
+]
 
 
 def _results(out: Path) -> dict:
@@ -41,8 +93,16 @@ def _results(out: Path) -> dict:
 def _run_killed(out: Path, kill_at_step: int, args: list[str]) -> None:
     """A subprocess ``hf-budgetcl run`` (already with --resume) that SIGKILLs itself after ``kill_at_step``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(ROOT / "tests/resume_scripts/run_killed.py"), str(kill_at_step), *args,
-           "--output_dir", str(out), "--resume", "true"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests/resume_scripts/run_killed.py"),
+        str(kill_at_step),
+        *args,
+        "--output_dir",
+        str(out),
+        "--resume",
+        "true",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # died by SIGKILL, not by an error
     assert not (out / "results.json").exists()
@@ -144,8 +204,17 @@ def _sampler(online_iter=2.5, rank=0, world_size=1, seed=0):
     stream = disjoint_stream(labels, 2, seed=0)
     method = get_method("er")
     memory = EpisodicMemory(capacity_bytes=12 * 8, seed=seed)
-    return OnlineStreamSampler(stream, memory, method, lambda i: 8, batch_size=4, online_iter=online_iter,
-                               seed=seed, rank=rank, world_size=world_size)
+    return OnlineStreamSampler(
+        stream,
+        memory,
+        method,
+        lambda i: 8,
+        batch_size=4,
+        online_iter=online_iter,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 @pytest.mark.parametrize("stop_after", [1, 4, 7, 30])
@@ -177,9 +246,19 @@ def test_two_process_alsar_killed_then_resumed_matches_uninterrupted(tmp_path):
     ddp = ["--use_cpu", "true", "--ddp_backend", "gloo"]
 
     def launch(out: Path, kill_at: int, *extra: str) -> subprocess.CompletedProcess:
-        cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "tests/resume_scripts/run_killed.py"), str(kill_at), *ALSAR_ARGS, *ddp,
-               "--output_dir", str(out), *extra]
+        cmd = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "tests/resume_scripts/run_killed.py"),
+            str(kill_at),
+            *ALSAR_ARGS,
+            *ddp,
+            "--output_dir",
+            str(out),
+            *extra,
+        ]
         return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
     full, out = tmp_path / "full", tmp_path / "killed"

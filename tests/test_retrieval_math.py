@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from hf_budgetcl.retrieval_math import (
+from hf_budgetcl.methods.retrieval_math import (
     add_uses,
     class_balanced_draw,
     class_similarity,
@@ -209,9 +209,13 @@ def test_own_count_enters_exactly_once():
 
 def test_retrieval_probabilities_hand_computed():
     # T = 1: p ~ [1, e^-1, e^-2] / 1.503214 = [.665241, .244728, .090031]
-    np.testing.assert_allclose(retrieval_probabilities([0.0, 1.0, 2.0], 1.0), [0.665241, 0.244728, 0.090031], atol=1e-6)
+    np.testing.assert_allclose(
+        retrieval_probabilities([0.0, 1.0, 2.0], 1.0), [0.665241, 0.244728, 0.090031], atol=1e-6
+    )
     # T = .5: p ~ [1, e^-2, e^-4] / 1.153651 = [.866813, .117310, .015876]
-    np.testing.assert_allclose(retrieval_probabilities([0.0, 1.0, 2.0], 0.5), [0.866813, 0.117310, 0.015876], atol=1e-6)
+    np.testing.assert_allclose(
+        retrieval_probabilities([0.0, 1.0, 2.0], 0.5), [0.866813, 0.117310, 0.015876], atol=1e-6
+    )
     # shift invariance / stability
     np.testing.assert_allclose(
         retrieval_probabilities([1000.0, 1001.0, 1002.0], 1.0), retrieval_probabilities([0.0, 1.0, 2.0], 1.0)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from hf_budgetcl.memory import EpisodicMemory
 from hf_budgetcl.methods import get_method
 from hf_budgetcl.methods.sar import SAR, head_gradient_features
+from hf_budgetcl.stream.memory import EpisodicMemory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,8 +226,16 @@ def test_without_a_linear_head_similarity_is_disabled():
 def test_extra_state_bytes_and_options_from_config(tmp_path):
     from hf_budgetcl.config import BudgetedCLConfig
 
-    config = BudgetedCLConfig(output_dir=str(tmp_path), method="sar", memory_size=10, use_cpu=True, report_to="none",
-                              sar_temperature=0.5, sar_decay_k=2.0, similarity_coords=64)
+    config = BudgetedCLConfig(
+        output_dir=str(tmp_path),
+        method="sar",
+        memory_size=10,
+        use_cpu=True,
+        report_to="none",
+        sar_temperature=0.5,
+        sar_decay_k=2.0,
+        similarity_coords=64,
+    )
     method = get_method("sar", config=config)
     assert (method.temperature, method.decay_k, method.n_coords) == (0.5, 2.0, 64)
     assert method.extra_state_bytes(nn.Linear(2, 2), 10) == {"sar_statistics": 8 * (10 + 100 + 640 + 20) + 8 * 128}
@@ -248,10 +256,12 @@ def test_state_dict_round_trip():
 # ---- end to end ----------------------------------------------------------------------------------------------
 def _digits_trainer(tmp_path, method: str, **overrides):
     from hf_budgetcl.config import BudgetedCLConfig
-    from hf_budgetcl.data.images import ImageCollator, load_digits_dataset, sample_nbytes
+    from hf_budgetcl.data.image_collator import ImageCollator
+    from hf_budgetcl.data.image_datasets import load_digits_dataset
+    from hf_budgetcl.data.image_rows import sample_nbytes
     from hf_budgetcl.models import build_image_classifier
-    from hf_budgetcl.stream import disjoint_stream
-    from hf_budgetcl.trainer import BudgetedCLTrainer
+    from hf_budgetcl.stream.orders import disjoint_stream
+    from hf_budgetcl.training.trainer import BudgetedCLTrainer
 
     def first(ds, n):
         y = np.asarray(ds["label"])
@@ -261,14 +271,29 @@ def _digits_trainer(tmp_path, method: str, **overrides):
     train, test = load_digits_dataset()
     train, test = first(train, 15), first(test, 5)
     config = BudgetedCLConfig(
-        output_dir=str(tmp_path / "out"), method=method, memory_size=50, per_device_train_batch_size=8,
-        eval_period=50, report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1000,
-        sar_warmup_samples=30, freeze_warmup_steps=5, **overrides,
+        output_dir=str(tmp_path / "out"),
+        method=method,
+        memory_size=50,
+        per_device_train_batch_size=8,
+        eval_period=50,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_steps=1000,
+        sar_warmup_samples=30,
+        freeze_warmup_steps=5,
+        **overrides,
     )
     model = build_image_classifier("digits_resnet", num_labels=10, num_channels=1, image_size=8)
-    return BudgetedCLTrainer(model=model, args=config, train_dataset=train, eval_dataset=test,
-                             stream=disjoint_stream(np.asarray(train["label"]), 5, seed=1),
-                             sample_nbytes=sample_nbytes, data_collator=ImageCollator())
+    return BudgetedCLTrainer(
+        model=model,
+        args=config,
+        train_dataset=train,
+        eval_dataset=test,
+        stream=disjoint_stream(np.asarray(train["label"]), 5, seed=1),
+        sample_nbytes=sample_nbytes,
+        data_collator=ImageCollator(),
+    )
 
 
 @pytest.mark.parametrize("method", ["sar", "alsar"])
@@ -296,8 +321,15 @@ def test_two_ranks_agree(tmp_path):
     """sar then alsar in one 2-process gloo launch: same global batches, own shards, identical state and weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(ROOT / "tests/ddp_scripts/sar_ranks.py"),
-           "sar,alsar", str(tmp_path)]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests/ddp_scripts/sar_ranks.py"),
+        "sar,alsar",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for method in ("sar", "alsar"):

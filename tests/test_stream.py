@@ -1,4 +1,4 @@
-"""Tests for hf_budgetcl.stream: stream builders, JSON round trip and validation."""
+"""Tests for hf_budgetcl.stream.orders: stream builders, JSON round trip and validation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hf_budgetcl.stream import (
+from hf_budgetcl.stream.orders import (
     StreamOrder,
     build_stream,
     disjoint_stream,
@@ -194,7 +194,9 @@ def test_build_stream_dispatch_and_errors():
     assert build_stream("gaussian", y, 1, sigma=0.1) == gaussian_stream(y, 0.1, 1)
     assert build_stream("si_blurry", y, 1, n_tasks=2) == si_blurry_stream(y, 2, 1)
     assert build_stream("domain", y, 1, domains=y % 2).kind == "domain"
-    with pytest.raises(ValueError, match=r"unknown stream type 'x'; choose one of: disjoint, gaussian, si_blurry, domain"):
+    with pytest.raises(
+        ValueError, match=r"unknown stream type 'x'; choose one of: disjoint, gaussian, si_blurry, domain"
+    ):
         build_stream("x", y, 1)
     with pytest.raises(ValueError, match="time/domain column"):
         build_stream("domain", y, 1)

@@ -11,7 +11,10 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProces
 
 easy_vqa = pytest.importorskip("easy_vqa")
 
-from hf_budgetcl.data.vlm_collator import Qwen2VLPadExpandingProcessor, VLMInstructionCollator  # noqa: E402
+from hf_budgetcl.data.vlm_collator import (  # noqa: E402
+    Qwen2VLPadExpandingProcessor,
+    VLMInstructionCollator,
+)
 from hf_budgetcl.data.vqa import load_easy_vqa  # noqa: E402
 from hf_budgetcl.models.lora import LM_DECODER_LORA_REGEX, apply_lora  # noqa: E402
 from hf_budgetcl.models.tiny_vlm import (  # noqa: E402

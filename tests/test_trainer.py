@@ -6,11 +6,25 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import TrainerCallback
 
-from hf_budgetcl.sampler import count_iterations
+from hf_budgetcl.stream.sampler import count_iterations
 from tests.helpers import digits_trainer
 
-REQUIRED = {"method", "stream", "seed", "A_auc", "A_last", "F_last", "train_flops", "flops_budget", "memory_bytes",
-            "memory_budget_bytes", "samples_seen", "iterations", "wall_time_s", "curve"}
+REQUIRED = {
+    "method",
+    "stream",
+    "seed",
+    "A_auc",
+    "A_last",
+    "F_last",
+    "train_flops",
+    "flops_budget",
+    "memory_bytes",
+    "memory_budget_bytes",
+    "samples_seen",
+    "iterations",
+    "wall_time_s",
+    "curve",
+}
 
 
 class _CountEachStep(TrainerCallback):
@@ -85,7 +99,7 @@ def test_batches_only_contain_samples_that_have_arrived(tmp_path):
     assert seen and all(arrived_at[i] <= r.samples_seen for r in seen for i in r.indices)
     # ER: the first half of every batch is the latest arrivals, in order
     r = seen[10]
-    assert list(r.indices[:4]) == [int(i) for i in trainer.stream.indices[r.samples_seen - 4:r.samples_seen]]
+    assert list(r.indices[:4]) == [int(i) for i in trainer.stream.indices[r.samples_seen - 4 : r.samples_seen]]
 
 
 @pytest.mark.parametrize("online_iter", [0.5, 2.0])
@@ -117,12 +131,11 @@ def test_replay_draws_whole_batches_from_memory(tmp_path):
 
 
 def test_byte_budget_fixes_replay_capacity(tmp_path):
-    from hf_budgetcl.budget import model_bytes
+    from hf_budgetcl.accounting.memory_budget import model_bytes
 
     probe = digits_trainer(tmp_path / "probe", per_class_train=5)
     model = model_bytes(probe.model)
-    trainer = digits_trainer(tmp_path, per_class_train=10, memory_size=None,
-                             memory_budget_bytes=model + 25 * (64 + 8))
+    trainer = digits_trainer(tmp_path, per_class_train=10, memory_size=None, memory_budget_bytes=model + 25 * (64 + 8))
     trainer.train()
     assert trainer.results["memory_slots"] == 25
     assert trainer.results["memory_bytes"]["replay_samples"] == 25 * 72

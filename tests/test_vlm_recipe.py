@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 pytest.importorskip("easy_vqa")
 
-from hf_budgetcl.blocks import find_blocks  # noqa: E402
 from hf_budgetcl.cli import main as cli_main  # noqa: E402
+from hf_budgetcl.models.blocks import find_blocks
 from hf_budgetcl.runs.vlm_instruction_stream import ModelArguments, prepare_model, run  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,8 @@ def test_results_report_a_last_next_to_the_majority_baseline(alsar_run):
     # Memory counts the stored images and text next to the model and the optimizer state of the adapters only.
     memory = results["memory_bytes"]
     assert memory["replay_samples"] > 0 and memory["optimizer_state"] == 2 * 4 * sum(
-        p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        p.numel() for p in trainer.model.parameters() if p.requires_grad
+    )
     assert os.path.isfile(os.path.join(out, "stream.json")) and os.path.isfile(os.path.join(out, "README.md"))
 
 
@@ -114,8 +115,21 @@ def test_sar_takes_the_concept_as_class_and_warns_once_about_token_logits(alsar_
 def test_static_freezing_leaves_the_frozen_adapters_untouched(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = run(["--config", LLAVA_CONFIG, *TINY, "--output_dir", str(tmp_path), "--lora_r", "4",
-                       "--method", "er", "--freeze", "static:1"])
+        trainer = run(
+            [
+                "--config",
+                LLAVA_CONFIG,
+                *TINY,
+                "--output_dir",
+                str(tmp_path),
+                "--lora_r",
+                "4",
+                "--method",
+                "er",
+                "--freeze",
+                "static:1",
+            ]
+        )
     results = _results(tmp_path)
     assert results["frozen_blocks_histogram"] == {"1": results["iterations"]}
     assert 0.0 < results["backward_flops_saved_fraction"] < 1.0
@@ -128,7 +142,11 @@ def test_static_freezing_leaves_the_frozen_adapters_untouched(tmp_path):
 
 def test_full_fine_tuning_blocks_are_the_decoder_layers(tmp_path):
     args = ModelArguments(tiny_lm_layers=2, tiny_lm_hidden=32, tiny_vision_layers=1, lora_r=0)
-    from hf_budgetcl.runs.vlm_instruction_stream import DataArguments, build_base_model, load_data
+    from hf_budgetcl.runs.vlm_instruction_stream import (
+        DataArguments,
+        build_base_model,
+        load_data,
+    )
 
     train, _ = load_data(DataArguments(max_train_images=10, max_test_questions=4))
     model, _ = prepare_model(args, build_base_model(args, train, str(tmp_path)))
@@ -145,7 +163,7 @@ def test_checkpoint_reloads_offline_to_the_same_answers(alsar_run):
     from transformers import AutoModelForImageTextToText
 
     from hf_budgetcl.data.vlm_collator import VLMInstructionCollator
-    from hf_budgetcl.metrics import exact_match
+    from hf_budgetcl.evaluation.metrics import exact_match
     from hf_budgetcl.models.tiny_vlm import load_processor
 
     trainer, out = alsar_run
@@ -174,8 +192,20 @@ def test_qwen2vl_through_the_cli_and_the_same_recipe(tmp_path):
 
 
 def test_bad_recipe_input_is_one_line(tmp_path, capsys):
-    code = cli_main(["run", "--config", LLAVA_CONFIG, *TINY, "--output_dir", str(tmp_path),
-                     "--quantization", "4bit", "--lora_r", "0"])
+    code = cli_main(
+        [
+            "run",
+            "--config",
+            LLAVA_CONFIG,
+            *TINY,
+            "--output_dir",
+            str(tmp_path),
+            "--quantization",
+            "4bit",
+            "--lora_r",
+            "0",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("hf-budgetcl: error: quantization:")
@@ -184,7 +214,7 @@ def test_bad_recipe_input_is_one_line(tmp_path, capsys):
 # ---- QLoRA ------------------------------------------------------------------------------------------------------
 def test_quantized_flop_formulas_match_2mnk():
     bnb = pytest.importorskip("bitsandbytes")
-    from hf_budgetcl.quantized_flops import register_quantized_flop_formulas
+    from hf_budgetcl.accounting.quantized_flops import register_quantized_flop_formulas
 
     assert "gemm_4bit" in register_quantized_flop_formulas()
     torch.manual_seed(0)
@@ -207,14 +237,33 @@ def test_qlora_run_counts_the_quantized_matmuls(tmp_path):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
-    from hf_budgetcl.budget import FlopsProfiler
+    from hf_budgetcl.accounting.flops import FlopsProfiler
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = run(["--config", LLAVA_CONFIG, *TINY, "--output_dir", str(tmp_path), "--lora_r", "4",
-                       "--method", "er", "--quantization", "4bit", "--max_train_questions", "16",
-                       "--eval_period", "16", "--max_test_questions", "8",
-                       "--tiny_lm_hidden", "64"])  # bnb's CPU 4-bit kernels need in_features >= 64 (its block)
+        trainer = run(
+            [
+                "--config",
+                LLAVA_CONFIG,
+                *TINY,
+                "--output_dir",
+                str(tmp_path),
+                "--lora_r",
+                "4",
+                "--method",
+                "er",
+                "--quantization",
+                "4bit",
+                "--max_train_questions",
+                "16",
+                "--eval_period",
+                "16",
+                "--max_test_questions",
+                "8",
+                "--tiny_lm_hidden",
+                "64",
+            ]
+        )  # bnb's CPU 4-bit kernels need in_features >= 64 (its block)
     model = trainer.model
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)

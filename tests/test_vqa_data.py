@@ -215,7 +215,6 @@ def test_max_length_truncates_text_but_never_images(processor, small):
         VLMInstructionCollator(processor, max_length=2, pad_to_multiple_of=None)(rows)
 
 
-
 def test_eos_is_appended_when_the_template_closes_no_turn(small):
     # The template of the offline reference (§5.4): no end-of-turn token and a trailing space.
     processor = copy.copy(make_tiny_llava(["what color is it? red"])[1])

@@ -1,4 +1,4 @@
-"""A saved HF image processor equivalent to :class:`~hf_budgetcl.data.images.ImageCollator`.
+"""A saved HF image processor equivalent to :class:`~hf_budgetcl.data.image_collator.ImageCollator`.
 
 Checkpoints of the image recipe are reloaded with ``AutoImageProcessor.from_pretrained``, so the collator's
 preprocessing is written next to the model as a ``ViTImageProcessor`` config (loaded as ``ViTImageProcessorPil``
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-from .images import ImageCollator
+from .image_collator import ImageCollator
 
 __all__ = ["image_processor_for"]
 
@@ -30,14 +30,18 @@ def image_processor_for(collator: ImageCollator, input_shape: Sequence[int]) -> 
     """The image processor that reproduces ``collator`` on raw uint8 images of shape ``input_shape`` (C, H, W)."""
     channels, height, width = (int(v) for v in input_shape)
     if collator.channels not in (None, channels) and (channels, collator.channels) != (1, 3):
-        raise ValueError(f"channels: an image processor can only turn 1 channel into 3, not {channels} into "
-                         f"{collator.channels}")
+        raise ValueError(
+            f"channels: an image processor can only turn 1 channel into 3, not {channels} into {collator.channels}"
+        )
     pad, size = collator.pad, collator.resize
     if size is not None and pad:
         warnings.warn("image processor: pad + resize is reproduced approximately (border pixels differ)", stacklevel=2)
     # resize first, to the size that the padding (a center crop) then brings to `size`: the collator pads, then resizes
-    resized = (height, width) if size is None else (round(size * height / (height + 2 * pad)),
-                                                    round(size * width / (width + 2 * pad)))
+    resized = (
+        (height, width)
+        if size is None
+        else (round(size * height / (height + 2 * pad)), round(size * width / (width + 2 * pad)))
+    )
     out_channels = collator.channels or channels
     return ViTImageProcessorPil(
         do_resize=size is not None,

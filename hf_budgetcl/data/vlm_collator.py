@@ -161,7 +161,9 @@ class VLMInstructionCollator:
         return chat
 
     def prompt_text(self, row: Mapping[str, Any]) -> str:
-        return self.processor.apply_chat_template(self.messages(row, False), add_generation_prompt=True, tokenize=False)
+        return self.processor.apply_chat_template(
+            self.messages(row, False), add_generation_prompt=True, tokenize=False
+        )
 
     def full_text(self, row: Mapping[str, Any]) -> tuple[str, str]:
         """``(full conversation, prompt)``; the text after the prompt (answer + end of turn) is what gets supervised."""

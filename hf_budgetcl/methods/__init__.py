@@ -22,8 +22,7 @@ from .replay_freeze import ReplayFreeze
 from .sar import SAR
 
 METHODS: dict[str, type[ContinualMethod]] = {
-    cls.name: cls
-    for cls in (ER, Replay, ReplayFreeze, SAR, ALSAR, MIR, DERPP, EWC, REMIND, GDumb, ERStatic, ERLisa)
+    cls.name: cls for cls in (ER, Replay, ReplayFreeze, SAR, ALSAR, MIR, DERPP, EWC, REMIND, GDumb, ERStatic, ERLisa)
 }
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from ..memory import EpisodicMemory
+    from ..stream.memory import EpisodicMemory
 
 
 def parse_method_options(text: str | None) -> dict[str, str]:
@@ -121,5 +121,8 @@ def local_positions(trainer: Any, batch_rows: int, local_rows: int) -> np.ndarra
 def is_training_pass(trainer: Any, model: torch.nn.Module) -> bool:
     """A real training forward (not the profiler's measurement pass, nor evaluation) with a batch record."""
     profiler = getattr(trainer, "profiler", None)
-    return (model.training and not getattr(profiler, "measuring", False)
-            and getattr(trainer, "current_record", None) is not None)
+    return (
+        model.training
+        and not getattr(profiler, "measuring", False)
+        and getattr(trainer, "current_record", None) is not None
+    )

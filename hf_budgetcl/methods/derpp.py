@@ -29,8 +29,14 @@ from .er import ER
 LOGIT_BYTES = 4  # float32
 
 
-def derpp_loss(logits: torch.Tensor, labels: torch.Tensor, stored: torch.Tensor, has_stored: torch.Tensor,
-               alpha: float, beta: float) -> torch.Tensor:
+def derpp_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    stored: torch.Tensor,
+    has_stored: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
     """``alpha * mean((z - z*)^2)`` over the rows with stored logits (all classes) plus ``beta * mean CE(z, y)`` over
     all given (replayed) rows; an empty set contributes 0."""
     zero = logits.sum() * 0.0
@@ -90,8 +96,14 @@ class DERPP(ER):
         target = torch.from_numpy(np.stack([self.stored.get(r, np.zeros(logits.shape[1], np.float32)) for r in rows]))
         labels = inputs["labels"][torch.as_tensor(replay, device=logits.device)]
         self.pending_flops += derpp_loss_flops(int(has.sum()), replay.size, logits.shape[1])
-        return derpp_loss(logits[torch.as_tensor(replay, device=logits.device)], labels,
-                          target.to(logits.device), has, self.alpha, self.beta)
+        return derpp_loss(
+            logits[torch.as_tensor(replay, device=logits.device)],
+            labels,
+            target.to(logits.device),
+            has,
+            self.alpha,
+            self.beta,
+        )
 
     def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
         out, self.pending_flops = self.pending_flops * getattr(trainer, "world_size", 1), 0.0
@@ -103,5 +115,6 @@ class DERPP(ER):
         return {"indices": np.asarray(keys, dtype=np.int64), "logits": logits}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stored = {int(k): np.asarray(v, dtype=np.float32) for k, v in zip(state.get("indices", []),
-                                                                             state.get("logits", []))}
+        self.stored = {
+            int(k): np.asarray(v, dtype=np.float32) for k, v in zip(state.get("indices", []), state.get("logits", []))
+        }

@@ -32,8 +32,9 @@ def fisher_update(fisher: torch.Tensor, grad: torch.Tensor, ema: float) -> torch
     return (1.0 - ema) * fisher + ema * grad.detach().float() ** 2
 
 
-def ewc_penalty(params: list[torch.Tensor], fisher: list[torch.Tensor], anchor: list[torch.Tensor],
-                lam: float) -> torch.Tensor:
+def ewc_penalty(
+    params: list[torch.Tensor], fisher: list[torch.Tensor], anchor: list[torch.Tensor], lam: float
+) -> torch.Tensor:
     """``lam / 2 * sum_k sum_j F_kj (p_kj - anchor_kj)^2``."""
     total = torch.zeros((), device=params[0].device if params else "cpu")
     for p, f, a in zip(params, fisher, anchor):

@@ -1,7 +1,7 @@
 """Freezing baselines as methods: ER with a static frozen prefix, and ER with LISA-style random layer sampling.
 
 The policies themselves live with the other freezing policies (``freeze: static:<n>`` and ``freeze: lisa[:<n>]``,
-:mod:`hf_budgetcl.freezing` and :mod:`hf_budgetcl.freezing_lisa`) and combine with any method through the config's
+:mod:`hf_budgetcl.freezing.adaptive` and :mod:`hf_budgetcl.freezing.lisa`) and combine with any method through the config's
 ``freeze``; these two names make them first-class entries of ``hf-budgetcl compare``.
 """
 
@@ -25,7 +25,7 @@ class ERStatic(ER):
 
 
 class ERLisa(ER):
-    """ER with LISA-style layer sampling (:class:`~hf_budgetcl.freezing_lisa.LisaFreezing`)."""
+    """ER with LISA-style layer sampling (:class:`~hf_budgetcl.freezing.lisa.LisaFreezing`)."""
 
     name = "er+lisa"
     freeze = "lisa"

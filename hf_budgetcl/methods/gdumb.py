@@ -1,9 +1,9 @@
 """GDumb (Prabhu et al., ECCV 2020): a greedy class-balanced memory, and a learner trained from memory only.
 
-The sampler is the memory's own replacement rule (:class:`~hf_budgetcl.memory.EpisodicMemory`): a sample is stored
+The sampler is the memory's own replacement rule (:class:`~hf_budgetcl.stream.memory.EpisodicMemory`): a sample is stored
 while there is room, else it replaces a random slot of the currently largest class -- GDumb's greedy class-balanced
 sampler. Training never sees the stream directly: every batch is drawn from memory, class-balanced (a uniform class,
-then a uniform slot of it; :func:`~hf_budgetcl.retrieval_math.class_balanced_draw`).
+then a uniform slot of it; :func:`~hf_budgetcl.methods.retrieval_math.class_balanced_draw`).
 
 How it fits the online budget: the original GDumb trains a fresh model from scratch on the memory whenever it is
 asked to predict. Under anytime evaluation with a FLOPs budget per stream sample that would re-pay a whole training
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..retrieval_math import class_balanced_draw
 from .base import ContinualMethod
+from .retrieval_math import class_balanced_draw
 
 
 class GDumb(ContinualMethod):

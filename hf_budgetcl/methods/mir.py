@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..budget import _side_effect_free
+from ..accounting.flops import _side_effect_free
 from .base import collate_rows
 from .er import ER
 
@@ -104,14 +104,16 @@ class MIR(ER):
                 after = per_sample_loss(_logits(functional_call(model, virtual, args=(), kwargs=cand_inputs)), labels)
         model.train(was_training)
         n_params = sum(p.numel() for p in params.values())
-        self.pending_flops += (t.profiler.cost(stream_inputs).train_flops(0) + 2 * n_params
-                               + 2 * t.profiler.forward_flops(cand_inputs))
+        self.pending_flops += (
+            t.profiler.cost(stream_inputs).train_flops(0) + 2 * n_params + 2 * t.profiler.forward_flops(cand_inputs)
+        )
         self.probes += 1
         return before.cpu().numpy(), after.cpu().numpy()
 
     def extra_state_bytes(self, model: torch.nn.Module, num_classes: int) -> dict[str, int]:
-        return {"mir_virtual_model": int(sum(p.numel() * p.element_size() for p in model.parameters()
-                                             if p.requires_grad))}
+        return {
+            "mir_virtual_model": int(sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
+        }
 
     def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
         """Every probe run since the last charge; every rank runs the sampler's probe, so world_size times."""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..budget import _side_effect_free
+from ..accounting.flops import _side_effect_free
 from .base import collate_rows, is_training_pass, local_positions
 from .er import ER
 
@@ -78,6 +78,7 @@ class REMIND(ER):
         self.frozen_blocks, self.freeze, self._trainer = k, f"static:{k}", trainer
         frozen = {id(p) for block in blocks.params[:k] for p in block}
         prefix = [m for m in model.modules() if any(id(p) in frozen for p in m.parameters(recurse=False))]
+
         # G is a fixed function: its BatchNorm layers use their running statistics, and never update them.
         def prefix_in_eval_mode(module: torch.nn.Module, args: tuple) -> None:
             for m in prefix:

@@ -1,7 +1,7 @@
 """SAR: similarity-aware retrieval (aL-SAR, Seo et al., ICLR 2025, Sec. 3.2; algorithm reference section 8).
 
 Every batch comes from memory. Slot ``i`` (label ``y_i``) is drawn with probability ``p = softmax(-c_hat / T)``,
-without replacement, where the effective use frequency (:func:`~hf_budgetcl.retrieval_math.effective_use_frequency`)
+without replacement, where the effective use frequency (:func:`~hf_budgetcl.methods.retrieval_math.effective_use_frequency`)
 
     c_hat_i = (1 - S_{y_i y_i}) u_i + sum_c S_{y_i c} U_c      (own count enters once; optionally / |M|, clamped at 0)
 
@@ -21,7 +21,7 @@ Class similarity (training step, :meth:`SAR.extra_loss`): per-sample gradient fe
 last layer. For a linear head ``z = W h + b`` and cross-entropy, ``dL_n / dW[c, d] = (softmax(z_n) - onehot(y_n))_c
 h_{n,d}``; only a fixed seeded subset of ``similarity_coords`` entries ``(c, d)`` is formed (no backward, no per-sample
 gradient of the whole network), clamped to [-1, 1] and fed to the per-class EMAs
-(:func:`~hf_budgetcl.retrieval_math.similarity_ema_update`), from which ``S`` is rebuilt every step. The head is never
+(:func:`~hf_budgetcl.methods.retrieval_math.similarity_ema_update`), from which ``S`` is rebuilt every step. The head is never
 frozen, so all coordinates are always available, also under adaptive freezing. (The reference reads coordinates of
 the residual blocks' second convolutions instead.) In this head space cross-class cosines are mostly negative -- the
 two classes' own logit rows carry opposite signs -- and most so for confusable classes: rehearsing class c then lowers
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..retrieval_math import (
+from .base import ContinualMethod
+from .retrieval_math import (
     add_uses,
     class_balanced_draw,
     class_similarity,
@@ -49,7 +50,6 @@ from ..retrieval_math import (
     retrieval_probabilities,
     similarity_ema_update,
 )
-from .base import ContinualMethod
 
 _DEFAULTS = {
     "sar_temperature": 0.125,  # ex.sh (config default 2)
@@ -159,8 +159,9 @@ class SAR(ContinualMethod):
             slots = class_balanced_draw(labels, n, rng)
             flops += 2 * min(n, m)
         else:
-            c_hat = effective_use_frequency(memory.use_counts, labels, self.class_counts, self.S,
-                                            paper_compat=self.scale_by_memory)
+            c_hat = effective_use_frequency(
+                memory.use_counts, labels, self.class_counts, self.S, paper_compat=self.scale_by_memory
+            )
             slots = draw_without_replacement(retrieval_probabilities(c_hat, self.temperature), n, rng)
             # S @ U (2C^2), c_hat per slot (4), softmax (4: scale, exp, sum, normalise), sequential draw (2 |M| per
             # drawn slot: a cumulative sum and a search over the remaining mass).
@@ -201,12 +202,22 @@ class SAR(ContinualMethod):
         h, self._features = self._features, None
         if logits.dim() != 2 and not self._warned_token_logits:
             self._warned_token_logits = True  # once per run, not per step
-            warnings.warn("sar: per-token logits (a language model): class similarity needs one prediction per "
-                          "sample, so it is off and retrieval uses the use frequencies only (S = 0)", stacklevel=2)
+            warnings.warn(
+                "sar: per-token logits (a language model): class similarity needs one prediction per "
+                "sample, so it is off and retrieval uses the use frequencies only (S = 0)",
+                stacklevel=2,
+            )
         profiler = getattr(trainer, "profiler", None)
         labels = inputs.get("labels")
-        if (getattr(profiler, "measuring", False) or not model.training or labels is None or h is None
-                or logits.dim() != 2 or h.dim() != 2 or h.shape[0] != logits.shape[0]):
+        if (
+            getattr(profiler, "measuring", False)
+            or not model.training
+            or labels is None
+            or h is None
+            or logits.dim() != 2
+            or h.dim() != 2
+            or h.shape[0] != logits.shape[0]
+        ):
             return None  # measurement pass, evaluation, or not a classifier head: no statistics
         if self.coords is None:  # similarity disabled
             return None
@@ -219,8 +230,12 @@ class SAR(ContinualMethod):
             # Each rank holds its shard of the global batch: gather so every rank applies the same update in the
             # same (global batch) order and S stays identical across ranks.
             g, labels = trainer.accelerator.gather((g, labels.detach()))
-        self.update_similarity(g.cpu().numpy(), labels.cpu().numpy(), local_rows=logits.shape[0],
-                               world_size=getattr(trainer, "world_size", 1))
+        self.update_similarity(
+            g.cpu().numpy(),
+            labels.cpu().numpy(),
+            local_rows=logits.shape[0],
+            world_size=getattr(trainer, "world_size", 1),
+        )
         return None
 
     def update_similarity(self, g: np.ndarray, labels: np.ndarray, local_rows: int = 0, world_size: int = 1) -> None:
@@ -256,8 +271,17 @@ class SAR(ContinualMethod):
         return out
 
     # ---- checkpointing ----------------------------------------------------------------------------------------
-    _STATE = ("class_counts", "known", "self_sim", "maturity", "class_mean", "S", "coords", "similarity_updates",
-              "pending_flops")
+    _STATE = (
+        "class_counts",
+        "known",
+        "self_sim",
+        "maturity",
+        "class_mean",
+        "S",
+        "coords",
+        "similarity_updates",
+        "pending_flops",
+    )
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in self._STATE}

@@ -5,7 +5,12 @@ Importing this package registers ``cifar_resnet`` with ``AutoConfig`` and ``Auto
 
 from transformers import AutoConfig, AutoModelForImageClassification
 
-from .cifar_resnet import BasicBlock, CifarResNetConfig, CifarResNetForImageClassification, CifarResNetPreTrainedModel
+from .cifar_resnet import (
+    BasicBlock,
+    CifarResNetConfig,
+    CifarResNetForImageClassification,
+    CifarResNetPreTrainedModel,
+)
 
 
 def register_auto_classes() -> None:

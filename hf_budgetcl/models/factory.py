@@ -32,16 +32,26 @@ def _cifar(**preset: Any) -> Callable[..., tuple[type[PreTrainedModel], PreTrain
 
 def _tiny_vit(num_labels: int, num_channels: int, image_size: int, **overrides: Any):
     kw = dict(
-        image_size=image_size, patch_size=4, num_channels=num_channels, hidden_size=64, num_hidden_layers=4,
-        num_attention_heads=4, intermediate_size=128, num_labels=num_labels,
+        image_size=image_size,
+        patch_size=4,
+        num_channels=num_channels,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=num_labels,
     )
     return ViTForImageClassification, ViTConfig(**{**kw, **overrides})
 
 
 def _tiny_resnet(num_labels: int, num_channels: int, image_size: int, **overrides: Any):
     kw = dict(
-        num_channels=num_channels, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
-        layer_type="basic", num_labels=num_labels,
+        num_channels=num_channels,
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64],
+        depths=[1, 1, 1],
+        layer_type="basic",
+        num_labels=num_labels,
     )
     return ResNetForImageClassification, ResNetConfig(**{**kw, **overrides})
 

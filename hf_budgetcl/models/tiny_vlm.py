@@ -42,7 +42,6 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
 )
-
 from transformers.utils import find_adapter_config_file
 
 from hf_budgetcl.data.vlm_collator import Qwen2VLPadExpandingProcessor

@@ -13,16 +13,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import BudgetedCLConfig
-from ..parser import ConfigParser
-from ..stream import StreamOrder, build_stream
+from ..stream.orders import StreamOrder, build_stream
+from .arguments import ConfigParser
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
         default="digits_resnet",
-        metadata={"help": "A preset (cifar_resnet32, fmd5_resnet, digits_resnet, tiny_vit, tiny_resnet), a local "
-                  "checkpoint or a Hub model id."},
+        metadata={
+            "help": "A preset (cifar_resnet32, fmd5_resnet, digits_resnet, tiny_vit, tiny_resnet), a local "
+            "checkpoint or a Hub model id."
+        },
     )
     image_size: int | None = field(default=None, metadata={"help": "Resize images to this size (after padding)."})
     pad: int = field(default=0, metadata={"help": "Zero padding on each side (FM-D5: 2, 28 -> 32)."})
@@ -48,15 +50,17 @@ def make_parser() -> ConfigParser:
 
 
 def load_data(data_args: DataArguments):
-    from ..data.images import load_digits_dataset, load_fashion_mnist, load_image_dataset
+    from ..data.idx import load_fashion_mnist
+    from ..data.image_datasets import load_digits_dataset, load_image_dataset
 
     if data_args.dataset == "fashion_mnist":
         return load_fashion_mnist(data_args.data_dir, data_args.per_class_train, data_args.per_class_test)
     if data_args.dataset == "digits":
         train, test = load_digits_dataset()
     else:
-        train, test = load_image_dataset(data_args.dataset, image_column=data_args.image_column,
-                                         label_column=data_args.label_column)
+        train, test = load_image_dataset(
+            data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column
+        )
     return first_per_class(train, data_args.per_class_train), first_per_class(test, data_args.per_class_test)
 
 
@@ -64,9 +68,9 @@ def first_per_class(dataset, n: int | None):
     """The first ``n`` rows of each class, in dataset order (all rows when ``n`` is None)."""
     if dataset is None or n is None:
         return dataset
-    from ..data.images import _first_per_class
+    from ..data.image_rows import first_per_class_indices
 
-    return dataset.select(_first_per_class(np.asarray(dataset["label"]), n))
+    return dataset.select(first_per_class_indices(np.asarray(dataset["label"]), n))
 
 
 def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> StreamOrder:
@@ -77,14 +81,19 @@ def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> St
     params = {
         "disjoint": {"n_tasks": config.n_tasks},
         "gaussian": {"sigma": config.sigma, "repeat": config.repeat, "init_cls": config.init_cls},
-        "si_blurry": {"n_tasks": config.n_tasks, "disjoint_class_ratio": config.disjoint_class_ratio,
-                      "blurry_ratio": config.blurry_ratio},
+        "si_blurry": {
+            "n_tasks": config.n_tasks,
+            "disjoint_class_ratio": config.disjoint_class_ratio,
+            "blurry_ratio": config.blurry_ratio,
+        },
         "domain": {},
     }[config.stream]
     domains = None
     if config.stream == "domain":
         if not data_args.domain_column or data_args.domain_column not in train.column_names:
-            raise ValueError(f"domain_column: a domain stream needs a time/domain column, got {data_args.domain_column!r}")
+            raise ValueError(
+                f"domain_column: a domain stream needs a time/domain column, got {data_args.domain_column!r}"
+            )
         domains = np.asarray(train[data_args.domain_column])
     return build_stream(config.stream, labels, seed, domains=domains, **params)
 
@@ -92,10 +101,11 @@ def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> St
 def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedCLConfig):
     from transformers import set_seed
 
+    from ..data.image_collator import ImageCollator
     from ..data.image_processing import image_processor_for
-    from ..data.images import ImageCollator, ImageRows, sample_nbytes
+    from ..data.image_rows import ImageRows, sample_nbytes
     from ..models import build_image_classifier
-    from ..trainer import BudgetedCLTrainer
+    from ..training.trainer import BudgetedCLTrainer
 
     set_seed(config.seed)
     train, test = load_data(data_args)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..config import BudgetedCLConfig
-from ..parser import ConfigParser
-from ..stream import StreamOrder, build_stream
+from ..stream.orders import StreamOrder, build_stream
+from .arguments import ConfigParser
 
 TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")
 # Module-name parts of the vision side (tower + projector/merger) across LLaVA, Qwen2-VL, Idefics3, PaliGemma.
@@ -34,8 +34,10 @@ VISION_PARTS = ("vision_tower", "visual", "vision_model", "multi_modal_projector
 class ModelArguments:
     model_name_or_path: str = field(
         default="tiny_llava",
-        metadata={"help": "tiny_llava | tiny_qwen2vl (random-weight model built into <output_dir>/base_model), "
-                  "a local checkpoint or a Hub model id."},
+        metadata={
+            "help": "tiny_llava | tiny_qwen2vl (random-weight model built into <output_dir>/base_model), "
+            "a local checkpoint or a Hub model id."
+        },
     )
     quantization: str = field(default="none", metadata={"help": "none | 4bit (NF4) | 8bit: bitsandbytes base."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on the decoder blocks; 0 = full fine-tuning."})
@@ -54,8 +56,10 @@ class ModelArguments:
     tiny_vocab_size: int = field(default=512, metadata={"help": "Tiny model: BPE vocabulary cap."})
     tiny_init_std: float = field(
         default=0.2,
-        metadata={"help": "Tiny model: std of the random weights. LoRA trains over a frozen random base, whose "
-                  "head must already span large logits (0.02 caps them near ±1: nothing can be learnt)."},
+        metadata={
+            "help": "Tiny model: std of the random weights. LoRA trains over a frozen random base, whose "
+            "head must already span large logits (0.02 caps them near ±1: nothing can be learnt)."
+        },
     )
 
 
@@ -94,8 +98,12 @@ def load_data(data_args: DataArguments, seed: int = 0):
     """(train, test) datasets with columns image, question, answer, concept, label."""
     from ..data.vqa import load_easy_vqa, load_vqa_dataset
 
-    columns = dict(image_column=data_args.image_column, question_column=data_args.question_column,
-                   answer_column=data_args.answer_column, concept_column=data_args.concept_column)
+    columns = dict(
+        image_column=data_args.image_column,
+        question_column=data_args.question_column,
+        answer_column=data_args.answer_column,
+        concept_column=data_args.concept_column,
+    )
     if data_args.dataset == "easy_vqa":
         train = load_easy_vqa("train", data_args.max_train_images, seed=seed, concepts=data_args.concepts)
         test = load_easy_vqa("test", concepts=data_args.concepts)
@@ -124,8 +132,11 @@ def make_stream(config: BudgetedCLConfig, labels: np.ndarray, data_args: DataArg
     params: dict[str, Any] = {
         "disjoint": {"n_tasks": config.n_tasks},
         "gaussian": {"sigma": config.sigma, "repeat": config.repeat, "init_cls": config.init_cls},
-        "si_blurry": {"n_tasks": config.n_tasks, "disjoint_class_ratio": config.disjoint_class_ratio,
-                      "blurry_ratio": config.blurry_ratio},
+        "si_blurry": {
+            "n_tasks": config.n_tasks,
+            "disjoint_class_ratio": config.disjoint_class_ratio,
+            "blurry_ratio": config.blurry_ratio,
+        },
     }.get(config.stream)
     if params is None:
         raise ValueError(f"stream: '{config.stream}' is not supported by the VLM recipe (no domain column)")
@@ -150,10 +161,16 @@ def build_base_model(model_args: ModelArguments, train, output_dir: str, build: 
 
     corpus = sorted(set(train["question"])) + sorted(set(train["answer"]))
     builder = build_tiny_llava if name == "tiny_llava" else build_tiny_qwen2vl
-    kwargs = dict(image_size=model_args.tiny_image_size, patch_size=model_args.tiny_patch_size,
-                  lm_hidden=model_args.tiny_lm_hidden, lm_layers=model_args.tiny_lm_layers,
-                  vision_layers=model_args.tiny_vision_layers, vocab_size=model_args.tiny_vocab_size,
-                  init_std=model_args.tiny_init_std, seed=seed)
+    kwargs = dict(
+        image_size=model_args.tiny_image_size,
+        patch_size=model_args.tiny_patch_size,
+        lm_hidden=model_args.tiny_lm_hidden,
+        lm_layers=model_args.tiny_lm_layers,
+        vision_layers=model_args.tiny_vision_layers,
+        vocab_size=model_args.tiny_vocab_size,
+        init_std=model_args.tiny_init_std,
+        seed=seed,
+    )
     return builder(path, corpus, **kwargs)
 
 
@@ -164,18 +181,24 @@ def prepare_model(model_args: ModelArguments, base_path: str):
 
     quant = None if model_args.quantization == "none" else model_args.quantization
     if quant is not None and (model_args.lora_r <= 0 or model_args.train_vision_tower):
-        raise ValueError("quantization: a bitsandbytes base cannot be trained itself; use lora_r > 0 and "
-                         "train_vision_tower false")
+        raise ValueError(
+            "quantization: a bitsandbytes base cannot be trained itself; use lora_r > 0 and train_vision_tower false"
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*gemv_4bit.*")
         model, processor = load_vlm(base_path, quantization=quant)
     if quant is not None:  # FlopCounterMode has no formula for bitsandbytes' matmuls: count them analytically
-        from ..quantized_flops import register_quantized_flop_formulas
+        from ..accounting.quantized_flops import register_quantized_flop_formulas
 
         register_quantized_flop_formulas()
     if model_args.lora_r > 0:
-        model = apply_lora(model, r=model_args.lora_r, alpha=model_args.lora_alpha,
-                           dropout=model_args.lora_dropout, quantized=quant is not None)
+        model = apply_lora(
+            model,
+            r=model_args.lora_r,
+            alpha=model_args.lora_alpha,
+            dropout=model_args.lora_dropout,
+            quantized=quant is not None,
+        )
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -195,8 +218,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
 
     from ..data.vlm_collator import VLMInstructionCollator
     from ..data.vqa import vqa_sample_nbytes
-    from ..evaluation_vqa import VQAEvaluator
-    from ..trainer import BudgetedCLTrainer
+    from ..evaluation.vqa import VQAEvaluator
+    from ..training.trainer import BudgetedCLTrainer
 
     set_seed(config.seed)
     train, test = load_data(data_args, seed=config.seed)
@@ -204,12 +227,19 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     labels = np.asarray(train["label"])
     stream = make_stream(config, labels, data_args)
     with config.main_process_first(desc="base model"):  # rank 0 writes base_model before the others read it
-        base_path = build_base_model(model_args, train, config.output_dir, build=config.process_index == 0,
-                                     seed=config.seed)
+        base_path = build_base_model(
+            model_args, train, config.output_dir, build=config.process_index == 0, seed=config.seed
+        )
         model, processor = prepare_model(model_args, base_path)
     collator = VLMInstructionCollator(processor, max_length=model_args.max_length)
-    evaluator = VQAEvaluator(test, collator, train["answer"], labels, batch_size=config.per_device_eval_batch_size,
-                             max_new_tokens=model_args.max_new_tokens)
+    evaluator = VQAEvaluator(
+        test,
+        collator,
+        train["answer"],
+        labels,
+        batch_size=config.per_device_eval_batch_size,
+        max_new_tokens=model_args.max_new_tokens,
+    )
     trainer = BudgetedCLTrainer(
         model=model,
         args=config,

@@ -12,8 +12,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.helpers import digits_trainer  # noqa: E402
 
 out = Path(sys.argv[1])
-trainer = digits_trainer(out, per_class_train=12, model="fmd5_resnet", freeze="adaptive", freeze_warmup_steps=4, fisher_update_every=3,
-                         ddp_backend="gloo", per_device_train_batch_size=4, eval_period=40)
+trainer = digits_trainer(
+    out,
+    per_class_train=12,
+    model="fmd5_resnet",
+    freeze="adaptive",
+    freeze_warmup_steps=4,
+    fisher_update_every=3,
+    ddp_backend="gloo",
+    per_device_train_batch_size=4,
+    eval_period=40,
+)
 decisions, batches = [], []
 decide, pop = trainer.freezing.decide, trainer.stream_sampler.pop_record
 
@@ -34,12 +43,16 @@ trainer.freezing.decide, trainer.stream_sampler.pop_record = spy_decide, spy_pop
 trainer.train()
 params = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()]).numpy().tobytes()
 rank = dist.get_rank()
-(out / f"rank{rank}.json").write_text(json.dumps({
-    "world_size": dist.get_world_size(),
-    "decisions": decisions,
-    "batches": batches,
-    "params_sha": hashlib.sha256(params).hexdigest(),
-    "curve": [p.accuracy for p in trainer.curve],
-    "train_flops": trainer.ledger.total,
-    "fisher": trainer.freezing.fisher.tolist(),
-}))
+(out / f"rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "world_size": dist.get_world_size(),
+            "decisions": decisions,
+            "batches": batches,
+            "params_sha": hashlib.sha256(params).hexdigest(),
+            "curve": [p.accuracy for p in trainer.curve],
+            "train_flops": trainer.ledger.total,
+            "fisher": trainer.freezing.fisher.tolist(),
+        }
+    )
+)

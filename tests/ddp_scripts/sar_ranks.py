@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from hf_budgetcl.config import BudgetedCLConfig
-from hf_budgetcl.data.images import ImageCollator, ImageRows, load_digits_dataset, sample_nbytes
+from hf_budgetcl.data.image_collator import ImageCollator
+from hf_budgetcl.data.image_datasets import load_digits_dataset
+from hf_budgetcl.data.image_rows import ImageRows, sample_nbytes
 from hf_budgetcl.models import build_image_classifier
-from hf_budgetcl.stream import disjoint_stream
-from hf_budgetcl.trainer import BudgetedCLTrainer
+from hf_budgetcl.stream.orders import disjoint_stream
+from hf_budgetcl.training.trainer import BudgetedCLTrainer
 
 
 def first_per_class(ds, n: int):
@@ -34,8 +36,14 @@ class RecordingTrainer(BudgetedCLTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         r = self.current_record
-        self.steps.append({"slots": list(r.slots), "labels": list(r.labels), "shard": inputs["labels"].tolist(),
-                           "frozen": int(getattr(self.freezing, "last_frozen", 0))})
+        self.steps.append(
+            {
+                "slots": list(r.slots),
+                "labels": list(r.labels),
+                "shard": inputs["labels"].tolist(),
+                "frozen": int(getattr(self.freezing, "last_frozen", 0)),
+            }
+        )
         return loss
 
 
@@ -44,15 +52,33 @@ def main(method: str, out_dir: str) -> None:
     train, test = load_digits_dataset()
     train, test = first_per_class(train, 10), first_per_class(test, 4)
     config = BudgetedCLConfig(
-        output_dir=out_dir, method=method, memory_size=40, per_device_train_batch_size=4, eval_period=50,
-        per_device_eval_batch_size=8, report_to="none", disable_tqdm=True, use_cpu=True, ddp_backend="gloo",
-        logging_steps=1000, sar_warmup_samples=30, freeze_warmup_steps=5, fisher_update_every=3, seed=3,
+        output_dir=out_dir,
+        method=method,
+        memory_size=40,
+        per_device_train_batch_size=4,
+        eval_period=50,
+        per_device_eval_batch_size=8,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        ddp_backend="gloo",
+        logging_steps=1000,
+        sar_warmup_samples=30,
+        freeze_warmup_steps=5,
+        fisher_update_every=3,
+        seed=3,
     )
     stream = disjoint_stream(np.asarray(train["label"]), 5, seed=3)
     model = build_image_classifier("digits_resnet", num_labels=10, num_channels=1, image_size=8)
-    trainer = RecordingTrainer(model=model, args=config, train_dataset=ImageRows.from_dataset(train), eval_dataset=test,
-                               stream=stream,
-                               sample_nbytes=sample_nbytes, data_collator=ImageCollator())
+    trainer = RecordingTrainer(
+        model=model,
+        args=config,
+        train_dataset=ImageRows.from_dataset(train),
+        eval_dataset=test,
+        stream=stream,
+        sample_nbytes=sample_nbytes,
+        data_collator=ImageCollator(),
+    )
     trainer.steps = []
     trainer.train()
     m = trainer.method

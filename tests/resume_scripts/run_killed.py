@@ -9,7 +9,7 @@ import signal
 import sys
 
 from hf_budgetcl.cli import main
-from hf_budgetcl.trainer import BudgetedCLTrainer
+from hf_budgetcl.training.trainer import BudgetedCLTrainer
 
 kill_at = int(sys.argv[1])
 training_step = BudgetedCLTrainer.training_step

@@ -66,9 +66,7 @@ def accuracy_by_class(
     if y.size == 0:
         return float("nan"), {}
     correct = p == y
-    per_class = {
-        (c.item() if hasattr(c, "item") else c): float(correct[y == c].mean()) for c in np.unique(y)
-    }
+    per_class = {(c.item() if hasattr(c, "item") else c): float(correct[y == c].mean()) for c in np.unique(y)}
     return float(correct.mean()), per_class
 
 

@@ -69,9 +69,15 @@ class ConfigParser(HfArgumentParser):
             if unknown:
                 raise ConfigError(f"config key '{unknown[0]}' in {path} does not exist")
         # `--key null` on the command line unsets a YAML value (back to the field's default, e.g. None).
-        nulls = {argv[i][2:] for i in range(len(argv) - 1) if argv[i].startswith("--") and argv[i + 1] in ("null", "None")}
-        argv = [a for i, a in enumerate(argv) if not (a[2:] in nulls and a.startswith("--"))
-                and not (i > 0 and argv[i - 1][2:] in nulls and a in ("null", "None"))]
+        nulls = {
+            argv[i][2:] for i in range(len(argv) - 1) if argv[i].startswith("--") and argv[i + 1] in ("null", "None")
+        }
+        argv = [
+            a
+            for i, a in enumerate(argv)
+            if not (a[2:] in nulls and a.startswith("--"))
+            and not (i > 0 and argv[i - 1][2:] in nulls and a in ("null", "None"))
+        ]
         config_values = {k: v for k, v in config_values.items() if k not in nulls}
         try:
             return self.parse_args_into_dataclasses(args=_yaml_to_argv(config_values) + argv)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from .blocks import BlockPartition
+from ..models.blocks import BlockPartition
 
 _aten = torch.ops.aten
 
@@ -142,105 +142,3 @@ class FlopsProfiler:
         self.measuring = False
         self.model.train(was_training)
         return StepCost(forward, tuple(backward), block_forward)
-
-
-@dataclass
-class FlopsLedger:
-    """Cumulative training FLOPs, itemised; ``budget`` is the total allowed (None: unbounded)."""
-
-    budget: float | None = None
-    items: dict[str, float] = field(default_factory=dict)
-    backward_full: float = 0.0  # what the backward would have cost with nothing frozen
-    steps: int = 0
-    max_step_flops: float = 0.0
-
-    @property
-    def total(self) -> float:
-        return float(sum(self.items.values()))
-
-    @property
-    def remaining(self) -> float:
-        return float("inf") if self.budget is None else self.budget - self.total
-
-    @property
-    def backward_saved_fraction(self) -> float:
-        spent = self.items.get("train_backward", 0.0)
-        return 0.0 if self.backward_full <= 0 else 1.0 - spent / self.backward_full
-
-    def charge(self, item: str, flops: float) -> None:
-        self.items[item] = self.items.get(item, 0.0) + float(flops)
-
-    def charge_step(self, cost: StepCost, n_frozen: int = 0, scale: int = 1) -> float:
-        """Charge one iteration; ``scale`` = number of processes that each ran ``cost`` on their shard."""
-        self.charge("train_forward", scale * cost.forward)
-        self.charge("train_backward", scale * cost.backward_by_prefix[n_frozen])
-        self.backward_full += scale * cost.backward_by_prefix[0]
-        self.steps += 1
-        self.max_step_flops = max(self.max_step_flops, cost.train_flops(0))
-        return scale * cost.train_flops(n_frozen)
-
-    def can_afford(self, flops: float) -> bool:
-        return flops <= self.remaining
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("budget", "items", "backward_full", "steps", "max_step_flops")}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, dict(v) if k == "items" else v)
-
-
-def tensor_bytes(tensors) -> int:
-    return int(sum(t.numel() * t.element_size() for t in tensors))
-
-
-def model_bytes(model: nn.Module) -> int:
-    """Parameters and buffers (e.g. BatchNorm statistics): everything the stored model keeps."""
-    seen: set[int] = set()
-    unique = [t for t in [*model.parameters(), *model.buffers()] if not (id(t) in seen or seen.add(id(t)))]
-    return tensor_bytes(unique)
-
-
-# Optimizer state per trainable parameter, in parameter-sized tensors (Adam: two moments).
-OPTIMIZER_STATE_SLOTS = {"adam": 2, "adamw": 2, "sgd": 1, "adafactor": 1, "adagrad": 1, "rmsprop": 1}
-
-
-def optimizer_state_bytes(model: nn.Module, optim_name: str) -> int:
-    slots = next((v for k, v in OPTIMIZER_STATE_SLOTS.items() if k in optim_name.lower()), 2)
-    return slots * tensor_bytes(p for p in model.parameters() if p.requires_grad)
-
-
-@dataclass
-class MemoryBudget:
-    """Total memory budget in bytes and what it must hold besides replay samples.
-
-    ``sample_bytes_available = total - model - optimizer_state - sum(extra_state)``: the replay memory gets the
-    rest, so a method with more state (stored logits, a model copy, a Fisher) gets a smaller replay memory.
-    """
-
-    total_bytes: int
-    model_bytes: int
-    optimizer_state_bytes: int = 0
-    extra_state_bytes: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def sample_bytes_available(self) -> int:
-        return self.total_bytes - self.model_bytes - self.optimizer_state_bytes - sum(self.extra_state_bytes.values())
-
-    def validate(self, field_name: str = "memory_budget_bytes") -> None:
-        fixed = self.total_bytes - self.sample_bytes_available
-        if self.sample_bytes_available <= 0:
-            raise ValueError(
-                f"{field_name}={self.total_bytes:,} is smaller than what the method must keep besides replay "
-                f"samples ({fixed:,} bytes: model {self.model_bytes:,}, optimizer state {self.optimizer_state_bytes:,}, "
-                f"extra state {sum(self.extra_state_bytes.values()):,})"
-            )
-
-    def itemise(self, replay_bytes: int) -> dict[str, int]:
-        items = {"model": self.model_bytes}
-        if self.optimizer_state_bytes:
-            items["optimizer_state"] = self.optimizer_state_bytes
-        items.update({f"extra:{k}": v for k, v in self.extra_state_bytes.items()})
-        items["replay_samples"] = int(replay_bytes)
-        items["total"] = int(sum(items.values()))
-        return items

@@ -28,8 +28,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 
-def paced_online_iter(remaining_flops: float, remaining_arrivals: int, flops_per_iteration: float,
-                      cap: float) -> float:
+def paced_online_iter(
+    remaining_flops: float, remaining_arrivals: int, flops_per_iteration: float, cap: float
+) -> float:
     """``online_iter = remaining_flops / (remaining_arrivals * flops_per_iteration)``, clipped to ``[0, cap]``.
 
     With no arrival left (or an unknown cost) the answer is ``cap``: it no longer matters how many iterations an
@@ -73,7 +74,7 @@ class BudgetMatchingCallback(TrainerCallback):
         rows = [t.train_dataset[int(i)] for i in t.stream.indices[:n]]
         return {k: v.to(t.args.device) if hasattr(v, "to") else v for k, v in t.data_collator(rows).items()}
 
-    # ---- checkpointing (cl_state.json, see hf_budgetcl.checkpointing; online_iter is in the sampler's state) ---
+    # ---- checkpointing (cl_state.json, see hf_budgetcl.training.checkpointing; online_iter is in the sampler's state) ---
     def state_dict(self) -> dict[str, Any]:
         return {"cost_per_iteration": self.cost_per_iteration, "previous": list(self._previous)}
 
@@ -98,6 +99,7 @@ class BudgetMatchingCallback(TrainerCallback):
         arrivals_left = len(t.stream) - sampler.cursor
         if arrivals_left > 0:  # else online_iter no longer matters: keep the last value for the results
             queued = len(sampler.records) * self.cost_per_iteration  # composed but not yet trained
-            sampler.online_iter = paced_online_iter(remaining - queued, arrivals_left, self.cost_per_iteration,
-                                                    self.cap)
+            sampler.online_iter = paced_online_iter(
+                remaining - queued, arrivals_left, self.cost_per_iteration, self.cap
+            )
         return control

@@ -163,5 +163,3 @@ def describe(partition: BlockPartition) -> str:
     head = sum(p.numel() for p in partition.head_params)
     lines = [f"  {i:>2} {name:<50} {n:>10,d} params" for i, (name, n) in enumerate(zip(partition.names, counts))]
     return "\n".join(lines + [f"  head {'(' + ', '.join(partition.head_names[:3]) + ')':<48} {head:>10,d} params"])
-
-

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from ..methods import ContinualMethod
 from .memory import EpisodicMemory
-from .methods import ContinualMethod
-from .stream import StreamOrder
+from .orders import StreamOrder
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,9 @@ class StreamOrder:
             raise ValueError("StreamOrder: indices, labels and times must have the same length")
         bounds = tuple(int(b) for b in self.task_boundaries)
         if any(b < 0 or b > len(arrays["indices"]) for b in bounds) or list(bounds) != sorted(bounds):
-            raise ValueError(f"StreamOrder: task_boundaries {bounds} must be non-decreasing within [0, {len(arrays['indices'])}]")
+            raise ValueError(
+                f"StreamOrder: task_boundaries {bounds} must be non-decreasing within [0, {len(arrays['indices'])}]"
+            )
         for name, a in arrays.items():
             object.__setattr__(self, name, a)
         object.__setattr__(self, "task_boundaries", bounds)
@@ -106,7 +108,7 @@ class StreamOrder:
     @classmethod
     def from_json(
         cls, path: str | os.PathLike, num_rows: int | None = None, labels: np.ndarray | None = None
-    ) -> "StreamOrder":
+    ) -> StreamOrder:
         """Read a stream written by :meth:`to_json` and check it against the dataset.
 
         ``num_rows`` bounds the indices to [0, num_rows); ``labels`` (the dataset's label column) also checks that
@@ -152,7 +154,11 @@ class StreamOrder:
                 raise ValueError(f"{where}: entry {j} {shown} has label {y} but dataset row {i} has label {labels[i]}")
             idx[j], lab[j], tim[j] = i, y, t
         bounds = data.get("task_boundaries", [])
-        if not isinstance(bounds, list) or not all(_is_int(b) and 0 <= b <= n for b in bounds) or bounds != sorted(bounds):
+        if (
+            not isinstance(bounds, list)
+            or not all(_is_int(b) and 0 <= b <= n for b in bounds)
+            or bounds != sorted(bounds)
+        ):
             raise ValueError(f"{where}: task_boundaries must be a non-decreasing list of ints in [0, {n}]")
         kind, params = data.get("kind", "json"), data.get("params", {})
         if not isinstance(kind, str) or not isinstance(params, dict):
@@ -251,7 +257,9 @@ def disjoint_stream(labels: Any, n_tasks: int, seed: int, class_order: Any = Non
     if class_order is not None:
         given = np.asarray(class_order)
         if given.ndim != 1 or len(given) != n or not np.array_equal(np.sort(given), classes):
-            raise ValueError(f"class_order must be a permutation of the {n} classes {classes.tolist()}, got {given.tolist()}")
+            raise ValueError(
+                f"class_order must be a permutation of the {n} classes {classes.tolist()}, got {given.tolist()}"
+            )
         order = given.astype(np.int64)
     k, r = divmod(n, n_tasks)
     sizes = [k] * (n_tasks - r) + [k + 1] * r
@@ -401,7 +409,9 @@ def domain_stream(labels: Any, domains: Any, seed: int, domain_order: Any = None
     if domain_order is not None:
         order = np.asarray(domain_order)
         if order.ndim != 1 or len(order) != len(uniq) or not np.array_equal(np.sort(order), uniq):
-            raise ValueError(f"domain_order must be a permutation of the domains {uniq.tolist()}, got {order.tolist()}")
+            raise ValueError(
+                f"domain_order must be a permutation of the domains {uniq.tolist()}, got {order.tolist()}"
+            )
     rank = np.empty(len(uniq), np.int64)
     rank[np.searchsorted(uniq, order)] = np.arange(len(order))
     rng = np.random.RandomState(_check_seed(seed))

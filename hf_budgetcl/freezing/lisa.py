@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from transformers import TrainerCallback
 
-from .blocks import BlockPartition
-from .budget import StepCost
+from ..accounting.flops import StepCost
+from ..models.blocks import BlockPartition
 
 
 def draw_active_blocks(n_blocks: int, n_active: int, rng: np.random.Generator, always_last: bool) -> np.ndarray:
@@ -69,10 +69,14 @@ class LisaFreezing(TrainerCallback):
     def describe(self) -> dict[str, Any]:
         return {"mode": f"lisa:{self.n_active}", "interval": self.interval, "active": self.active.tolist()}
 
-    # ---- checkpointing (cl_state.json, see hf_budgetcl.checkpointing) ----------------------------------------
+    # ---- checkpointing (cl_state.json, see hf_budgetcl.training.checkpointing) ----------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "active": self.active.tolist(), "steps": self.steps,
-                "last_frozen": self.last_frozen}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "active": self.active.tolist(),
+            "steps": self.steps,
+            "last_frozen": self.last_frozen,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]

@@ -5,7 +5,7 @@ freeze. The trainer then runs the backward only for the rest (graph pruning), so
 backward compute, and its parameters get no gradient (so the optimizer leaves them, and their moments, untouched).
 
 :class:`AdaptiveFreezingCallback` implements the batch freezing criterion of aL-SAR (Seo et al., ICLR 2025, Sec. 3.1;
-see :func:`~hf_budgetcl.freezing_math.select_frozen_prefix`): per-block Fisher traces ``F_i`` (EMA of squared
+see :func:`~hf_budgetcl.freezing.criterion.select_frozen_prefix`): per-block Fisher traces ``F_i`` (EMA of squared
 gradients, updated on the steps where block ``i`` trained), measured per-block backward FLOPs ``BF_i``, and the batch
 informativeness ``s_b`` from the logits and the head weight (no extra backward). Every ``fisher_update_every`` steps,
 and during the first ``freeze_warmup_steps``, nothing is frozen so that ``F`` stays fresh. In multi-process runs
@@ -14,7 +14,7 @@ rank 0 decides and broadcasts, so every rank freezes the same prefix.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,43 +23,14 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .blocks import BlockPartition
-from .budget import StepCost
-from .freezing_math import batch_informativeness, fisher_ema_update, grad_sq_sum, select_frozen_prefix
-
-
-class FreezingPolicy(Protocol):
-    def decide(self, trainer: Any, model: nn.Module, inputs: dict, outputs: Any, cost: StepCost) -> int: ...
-    def extra_flops(self, trainer: Any, cost: StepCost) -> dict[str, float]: ...
-    def extra_state_bytes(self) -> dict[str, int]: ...
-    def describe(self) -> dict[str, Any]: ...
-
-
-class NoFreezing:
-    def decide(self, trainer, model, inputs, outputs, cost) -> int:
-        return 0
-
-    def extra_flops(self, trainer, cost) -> dict[str, float]:
-        return {}
-
-    def extra_state_bytes(self) -> dict[str, int]:
-        return {}
-
-    def describe(self) -> dict[str, Any]:
-        return {"mode": "none"}
-
-
-class StaticFreezing(NoFreezing):
-    """Always freeze the first ``n`` blocks (clamped so that something still trains)."""
-
-    def __init__(self, n: int, blocks: BlockPartition):
-        self.n = min(n, blocks.max_frozen)
-
-    def decide(self, trainer, model, inputs, outputs, cost) -> int:
-        return self.n
-
-    def describe(self) -> dict[str, Any]:
-        return {"mode": f"static:{self.n}"}
+from ..accounting.flops import StepCost
+from ..models.blocks import BlockPartition
+from .criterion import (
+    batch_informativeness,
+    fisher_ema_update,
+    grad_sq_sum,
+    select_frozen_prefix,
+)
 
 
 def _head_weight(model: nn.Module, num_outputs: int) -> torch.Tensor:
@@ -117,7 +88,11 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
         if self._head_weight is None:
             self._head_weight = _head_weight(model, logits.shape[-1])
         s_b, self.info_mean = batch_informativeness(
-            logits, labels, self._head_weight.detach(), self.info_mean, ema=self.informativeness_ema,
+            logits,
+            labels,
+            self._head_weight.detach(),
+            self.info_mean,
+            ema=self.informativeness_ema,
             updates=self.steps - 1,
         )
         rows = int((labels != -100).sum())
@@ -205,27 +180,3 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
         self.info_mean = float(attributes["info_mean"])
         for name in ("steps", "last_frozen", "nonfinite_grads"):
             setattr(self, name, int(attributes[name]))
-
-
-def make_freezing_policy(mode: str, blocks: BlockPartition, args: Any) -> Any:
-    """Build the policy named by ``freeze`` (none | static:<n> | adaptive | lisa[:<n>]) from the config."""
-    if mode == "none":
-        return NoFreezing()
-    if mode.startswith("static:"):
-        return StaticFreezing(int(mode.split(":", 1)[1]), blocks)
-    if mode == "adaptive":
-        return AdaptiveFreezingCallback(
-            blocks,
-            fisher_ema=getattr(args, "fisher_ema", 0.01),
-            informativeness_ema=getattr(args, "informativeness_ema", 0.01),
-            fisher_update_every=getattr(args, "fisher_update_every", 4),
-            freeze_warmup_steps=getattr(args, "freeze_warmup_steps", 50),
-        )
-    if mode == "lisa" or mode.startswith("lisa:"):
-        from .freezing_lisa import LisaFreezing
-        from .methods.base import parse_method_options
-
-        options = parse_method_options(getattr(args, "method_options", None))
-        n_active = int(mode.split(":", 1)[1]) if ":" in mode else None
-        return LisaFreezing(blocks, n_active, int(options.get("lisa_interval", 20)), seed=getattr(args, "seed", 0))
-    raise ValueError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{mode}'")

@@ -28,8 +28,9 @@ class CheckpointSaveError(OSError):
     """Writing a checkpoint failed (e.g. the disk is full); the message names the last complete checkpoint."""
 
 
-def write_json_atomic(path: str, value: Any, default: Callable[[Any], Any] | None = None,
-                      indent: int | None = None) -> None:
+def write_json_atomic(
+    path: str, value: Any, default: Callable[[Any], Any] | None = None, indent: int | None = None
+) -> None:
     """Write ``value`` as JSON to ``path`` so that ``path`` is either the old file or the complete new one."""
     tmp = f"{path}.tmp"
     try:
@@ -71,8 +72,10 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     if not os.path.isdir(path):
         raise FileNotFoundError(f"resume_from_checkpoint: {path} does not exist")
     if not is_complete_checkpoint(path):
-        raise ValueError(f"resume_from_checkpoint: {path} is incomplete (no {CL_STATE_NAME}); "
-                         f"the newest complete one is {find_resumable_checkpoint(os.path.dirname(path) or '.')}")
+        raise ValueError(
+            f"resume_from_checkpoint: {path} is incomplete (no {CL_STATE_NAME}); "
+            f"the newest complete one is {find_resumable_checkpoint(os.path.dirname(path) or '.')}"
+        )
     return path
 
 

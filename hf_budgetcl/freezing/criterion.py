@@ -144,8 +144,9 @@ def grad_sq_sum(grads: Iterable[torch.Tensor | None], clamp: float | None = None
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         for g in tensors:
             groups.setdefault((g.device, g.dtype), []).append(g)
-        norms = torch.cat([torch.stack(torch._foreach_norm(group, 2, dtype=torch.float64)).to(dev)
-                           for group in groups.values()])
+        norms = torch.cat(
+            [torch.stack(torch._foreach_norm(group, 2, dtype=torch.float64)).to(dev) for group in groups.values()]
+        )
         finite = torch.isfinite(norms)
         sq = torch.where(finite, norms, torch.zeros_like(norms)).square()
     else:

@@ -231,9 +231,7 @@ def draw_without_replacement(p: ArrayLike, n: int, generator: np.random.Generato
     return np.concatenate([first, rest]).astype(np.int64)
 
 
-def class_balanced_draw(
-    slot_labels: Sequence[int] | np.ndarray, n: int, generator: np.random.Generator
-) -> np.ndarray:
+def class_balanced_draw(slot_labels: Sequence[int] | np.ndarray, n: int, generator: np.random.Generator) -> np.ndarray:
     """Warm-up retrieval: ``min(n, |M|)`` draws, each a uniform class among those present, then a uniform
     slot of that class (with replacement, as in the official ``balanced_retrieval``)."""
     y = np.asarray(slot_labels).reshape(-1)

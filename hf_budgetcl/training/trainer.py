@@ -2,7 +2,7 @@
 
 Only public, overridable Trainer methods and callbacks are used:
 
-- ``get_train_dataloader`` returns a DataLoader driven by :class:`~hf_budgetcl.sampler.OnlineStreamSampler`, which
+- ``get_train_dataloader`` returns a DataLoader driven by :class:`~hf_budgetcl.stream.sampler.OnlineStreamSampler`, which
   consumes the stream online, fills the episodic memory and composes each batch (stream part + replay);
 - ``training_step`` runs the forward, asks the freezing policy how many leading blocks to freeze for this batch,
   runs the backward only for the unfrozen suffix (``inputs=``: graph pruning, so frozen blocks cost nothing) and
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import math
 import os
 import sys
 import time
@@ -35,8 +34,21 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from . import __version__
-from .blocks import find_blocks
+from .. import __version__
+from ..accounting.flops import FlopsProfiler
+from ..accounting.ledger import FlopsLedger
+from ..accounting.memory_budget import MemoryBudget, model_bytes, optimizer_state_bytes
+from ..accounting.pacing import BudgetMatchingCallback
+from ..config import BudgetedCLConfig
+from ..evaluation.anytime import AnytimeSchedule, CurvePoint, summarize_curve
+from ..evaluation.classification import ClassificationEvaluator, Evaluator
+from ..freezing.policies import FreezingPolicy, make_freezing_policy
+from ..methods import ContinualMethod, get_method
+from ..models.blocks import find_blocks
+from ..stream.memory import EpisodicMemory
+from ..stream.orders import StreamOrder
+from ..stream.sampler import BatchRecord, OnlineStreamSampler
+from .callbacks import StreamControlCallback, StreamProgressCallback
 from .checkpointing import (
     CheckpointSaveError,
     ContinualStateCheckpoint,
@@ -45,15 +57,7 @@ from .checkpointing import (
     resolve_resume_checkpoint,
     write_json_atomic,
 )
-from .budget import FlopsLedger, FlopsProfiler, MemoryBudget, model_bytes, optimizer_state_bytes
-from .budget_matching import BudgetMatchingCallback
-from .config import BudgetedCLConfig
-from .evaluation import AnytimeSchedule, ClassificationEvaluator, CurvePoint, Evaluator, summarize_curve
-from .freezing import FreezingPolicy, make_freezing_policy
-from .memory import EpisodicMemory
-from .methods import ContinualMethod, get_method
-from .sampler import BatchRecord, OnlineStreamSampler
-from .stream import StreamOrder
+from .results import format_summary, json_default
 
 __all__ = ["BudgetedCLTrainer", "BudgetedCLConfig"]
 
@@ -65,7 +69,7 @@ class BudgetedCLTrainer(Trainer):
         model: any ``transformers`` model (or PEFT model) returning a loss when given ``labels``.
         args: a :class:`BudgetedCLConfig`.
         train_dataset: map-style dataset whose rows the stream indexes.
-        stream: the arrival order (:mod:`hf_budgetcl.stream`).
+        stream: the arrival order (:mod:`hf_budgetcl.stream.orders`).
         sample_nbytes: bytes a row takes when stored in replay memory (counted against the memory budget).
         evaluator: anytime evaluator; defaults to classification accuracy on ``eval_dataset``.
         method: a :class:`ContinualMethod` instance (default: ``args.method``).
@@ -110,8 +114,10 @@ class BudgetedCLTrainer(Trainer):
         if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and self.freezes:
             # ZeRO/FSDP reduce gradients through their own hooks (a missing gradient is reduced as zeros, so the
             # optimizer would still move a "frozen" block); only DDP takes the pruned, hand-synchronised step.
-            raise ValueError(f"freeze: '{self.freezing.describe()['mode']}' needs DDP or one process; under DeepSpeed "
-                             "or FSDP use freeze none (e.g. method er/sar), see recipes/accelerate/")
+            raise ValueError(
+                f"freeze: '{self.freezing.describe()['mode']}' needs DDP or one process; under DeepSpeed "
+                "or FSDP use freeze none (e.g. method er/sar), see recipes/accelerate/"
+            )
 
         num_classes = len(np.unique(stream.labels))
         extra = self.method.extra_state_bytes(self.model, num_classes)
@@ -158,15 +164,15 @@ class BudgetedCLTrainer(Trainer):
         self.max_charged_step_flops = 0.0  # the dearest iteration so far, method and freezing extras included
         self.elapsed_before_resume_s = 0.0  # training time spent by the run(s) this one resumed
         self._train_start: float | None = None
-        self.add_callback(_StreamControlCallback(self))
-        self.add_callback(ContinualStateCheckpoint(self.cl_state_dict, default=_json_default))
+        self.add_callback(StreamControlCallback(self))
+        self.add_callback(ContinualStateCheckpoint(self.cl_state_dict, default=json_default))
         if args.budget_matching != "none":
             self.add_callback(BudgetMatchingCallback(self, spend_savings=args.budget_matching == "spend_savings"))
         if isinstance(self.freezing, TrainerCallback):
             self.add_callback(self.freezing)
         if not args.disable_tqdm:
             self.remove_callback(ProgressCallback)
-            self.add_callback(_StreamProgressCallback(self))
+            self.add_callback(StreamProgressCallback(self))
 
     # ---- data -------------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
@@ -205,8 +211,9 @@ class BudgetedCLTrainer(Trainer):
         sync_by_hand = self.world_size > 1 and self.freezes
         with self.accelerator.no_sync(model) if sync_by_hand else contextlib.nullcontext():
             with self.compute_loss_context_manager():
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
-                                                  num_items_in_batch=num_items_in_batch)
+                loss, outputs = self.compute_loss(
+                    model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+                )
             if not torch.isfinite(loss.detach()).all():
                 # A non-finite loss would poison the weights and the Fisher/similarity statistics: skip the update.
                 self.skipped_nonfinite += 1
@@ -299,8 +306,9 @@ class BudgetedCLTrainer(Trainer):
         one = self.profiler.cost(batch).train_flops(0) * self.world_size
         if self.ledger.budget is not None and one > self.ledger.budget:
             name = "flops_budget_per_sample" if self.args.flops_budget_per_sample else "flops_budget"
-            raise ValueError(f"{name}: the budget ({self.ledger.budget:.4g} FLOPs) is too small for one iteration "
-                             f"({one:.4g} FLOPs)")
+            raise ValueError(
+                f"{name}: the budget ({self.ledger.budget:.4g} FLOPs) is too small for one iteration ({one:.4g} FLOPs)"
+            )
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Train on the stream; ``resume_from_checkpoint`` (a path, or True for the newest complete checkpoint in
@@ -310,23 +318,30 @@ class BudgetedCLTrainer(Trainer):
             resume_from_checkpoint = self.args.resume_from_checkpoint or (True if self.args.resume else None)
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if resume_from_checkpoint is True and checkpoint is None:
-            warnings.warn(f"resume: no complete checkpoint in {self.args.output_dir}; starting from the beginning",
-                          stacklevel=2)
+            warnings.warn(
+                f"resume: no complete checkpoint in {self.args.output_dir}; starting from the beginning", stacklevel=2
+            )
         if checkpoint is not None:
             self.load_cl_state_dict(read_cl_state(checkpoint))
         self._train_start = start
         self.check_budget_affords_one_iteration()
         try:
-            output = super().train(resume_from_checkpoint=checkpoint, trial=trial,
-                                    ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+            output = super().train(
+                resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+            )
         except OSError as err:
             if isinstance(err, CheckpointSaveError) or err.errno not in _DISK_ERRORS:
                 raise
             last = find_resumable_checkpoint(self.args.output_dir)
             raise CheckpointSaveError(
-                err.errno, f"writing in {self.args.output_dir} failed ({err.strerror}); "
-                + (f"the last complete checkpoint {last} is intact: rerun with --resume" if last
-                   else "no complete checkpoint yet")) from err
+                err.errno,
+                f"writing in {self.args.output_dir} failed ({err.strerror}); "
+                + (
+                    f"the last complete checkpoint {last} is intact: rerun with --resume"
+                    if last
+                    else "no complete checkpoint yet"
+                ),
+            ) from err
         train_time = time.perf_counter() - start + self.elapsed_before_resume_s
         # Whatever training did not consume (budget spent, or no iteration left) still arrives and is evaluated.
         for position in self.stream_sampler.drain():
@@ -334,8 +349,9 @@ class BudgetedCLTrainer(Trainer):
                 self.evaluate_at(point)
         for point in self.schedule.due(len(self.stream)):
             self.evaluate_at(point)
-        self.results = self.build_results(wall_time_s=time.perf_counter() - start + self.elapsed_before_resume_s,
-                                          train_time_s=train_time)
+        self.results = self.build_results(
+            wall_time_s=time.perf_counter() - start + self.elapsed_before_resume_s, train_time_s=train_time
+        )
         if self.is_world_process_zero():
             self.save_results()
             self.create_model_card()
@@ -349,8 +365,11 @@ class BudgetedCLTrainer(Trainer):
 
     def cl_state_dict(self) -> dict[str, Any]:
         """Everything beyond Trainer's checkpoint that the rest of the run depends on (JSON-serialisable)."""
-        callbacks = {type(cb).__name__: cb.state_dict() for cb in self.callback_handler.callbacks
-                     if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict")}
+        callbacks = {
+            type(cb).__name__: cb.state_dict()
+            for cb in self.callback_handler.callbacks
+            if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict")
+        }
         return {
             "stream_fingerprint": self.stream_fingerprint(),
             "global_step": self.state.global_step,
@@ -371,8 +390,10 @@ class BudgetedCLTrainer(Trainer):
 
     def load_cl_state_dict(self, state: dict[str, Any]) -> None:
         if state["stream_fingerprint"] != self.stream_fingerprint():
-            raise ValueError("resume_from_checkpoint: the checkpoint was written for a different stream "
-                             "(stream, seed, dataset or stream_file changed)")
+            raise ValueError(
+                "resume_from_checkpoint: the checkpoint was written for a different stream "
+                "(stream, seed, dataset or stream_file changed)"
+            )
         self.stream_sampler.load_state_dict(state["sampler"])
         self.ledger.load_state_dict(state["ledger"])
         if state["freezing"] is not None:
@@ -381,8 +402,9 @@ class BudgetedCLTrainer(Trainer):
             if type(cb).__name__ in state["callbacks"] and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
         self.schedule.next = state["schedule_next"]
-        self.curve = [CurvePoint(**{**p, "per_class": {int(k): v for k, v in p["per_class"].items()}})
-                      for p in state["curve"]]
+        self.curve = [
+            CurvePoint(**{**p, "per_class": {int(k): v for k, v in p["per_class"].items()}}) for p in state["curve"]
+        ]
         self.frozen_counts = Counter({int(k): v for k, v in state["frozen_counts"].items()})
         self.stop_reason = state["stop_reason"]
         self.skipped_nonfinite = state["skipped_nonfinite"]
@@ -430,7 +452,7 @@ class BudgetedCLTrainer(Trainer):
     def save_results(self, path: str | None = None) -> str:
         path = path or os.path.join(self.args.output_dir, "results.json")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        write_json_atomic(path, self.results, default=_json_default, indent=2)  # never a half-written results.json
+        write_json_atomic(path, self.results, default=json_default, indent=2)  # never a half-written results.json
         return path
 
     def create_model_card(
@@ -454,81 +476,28 @@ class BudgetedCLTrainer(Trainer):
             return
         if self.results is None:
             return super().create_model_card(
-                language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
-                tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+                language=language,
+                license=license,
+                tags=tags,
+                model_name=model_name,
+                finetuned_from=finetuned_from,
+                tasks=tasks,
+                dataset_tags=dataset_tags,
+                dataset=dataset,
+                dataset_args=dataset_args,
             )
-        from .hub import write_trainer_model_card
+        from ..hub.model_card import write_trainer_model_card
 
-        write_trainer_model_card(self, language=language, license=license, tags=tags, model_name=model_name,
-                                 finetuned_from=finetuned_from, tasks=tasks, dataset=dataset)
+        write_trainer_model_card(
+            self,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            tasks=tasks,
+            dataset=dataset,
+        )
 
 
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def format_summary(results: dict[str, Any]) -> str:
-    """One-screen summary table of a run."""
-    from tabulate import tabulate
-
-    mem = results["memory_bytes"]
-    budget = results["flops_budget"]
-    rows = [
-        ("method / freeze", f"{results['method']} / {results['freeze']['mode']}"),
-        ("stream", f"{results['stream']['kind']} ({results['samples_seen']}/{results['stream']['length']} samples)"),
-        ("A_AUC / A_last / F_last", f"{100 * results['A_auc']:.2f} / {100 * results['A_last']:.2f} / "
-                                     f"{100 * results['F_last']:.2f}"),
-        ("training FLOPs", f"{results['train_flops'] / 1e12:.4f} T" + (f" of {budget / 1e12:.4f} T" if budget else "")),
-        ("backward FLOPs saved", f"{100 * results['backward_flops_saved_fraction']:.1f}%"),
-        ("memory", f"{mem['total'] / 2**20:.2f} MiB of {results['memory_budget_bytes'] / 2**20:.2f} MiB "
-                   f"(model {mem['model'] / 2**20:.2f}, replay {mem['replay_samples'] / 2**20:.2f}, "
-                   f"{results['memory_slots']} samples)"),
-        ("iterations", f"{results['iterations']} ({results['iterations_per_s']:.1f}/s), stopped by "
-                       f"{results['stopped_by']}"),
-        ("wall time", f"{results['wall_time_s']:.1f} s"),
-    ]
-    return tabulate(rows, tablefmt="simple_outline")
-
-
-class _StreamControlCallback(TrainerCallback):
-    """Triggers anytime evaluations at their stream positions and stops when the budget is spent."""
-
-    def __init__(self, trainer: BudgetedCLTrainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        record = trainer.current_record
-        if record is not None and record.last_for_arrival:
-            due = trainer.schedule.due(record.samples_seen)
-            if due:
-                trainer._pending_eval = due
-                control.should_evaluate = True
-        next_step = max(trainer.ledger.max_step_flops * trainer.world_size, trainer.max_charged_step_flops)
-        if math.isfinite(trainer.ledger.remaining) and not trainer.ledger.can_afford(next_step):
-            trainer.stop_reason = "flops_budget"
-            trainer.stream_sampler.stopped = True  # a run resumed from this step must not train further
-            control.should_training_stop = True
-        return control
-
-
-class _StreamProgressCallback(ProgressCallback):
-    """Trainer's progress bar, annotated with stream samples seen and training FLOPs spent."""
-
-    def __init__(self, trainer: BudgetedCLTrainer):
-        super().__init__()
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        super().on_step_end(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            t = self.trainer
-            self.training_bar.set_postfix(samples=f"{t.stream_sampler.cursor}/{len(t.stream)}",
-                                          TFLOPs=f"{t.ledger.total / 1e12:.3f}", refresh=False)

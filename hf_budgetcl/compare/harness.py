@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import frozen_blocks_per_interval
+from ..evaluation.metrics import frozen_blocks_per_interval
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -33,8 +33,25 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def run_one(config: str, method: str, seed: int, output_dir: str, overrides: Sequence[str]) -> dict[str, Any]:
     """Run one (method, seed) in a subprocess; returns its results.json (or the error)."""
     run_dir = os.path.join(output_dir, f"{method.replace('+', '_')}_seed{seed}")
-    cmd = [sys.executable, "-m", "hf_budgetcl.cli", "run", "--config", config, "--method", method, "--seed", str(seed),
-           "--output_dir", run_dir, "--disable_tqdm", "true", "--report_to", "none", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hf_budgetcl.cli",
+        "run",
+        "--config",
+        config,
+        "--method",
+        method,
+        "--seed",
+        str(seed),
+        "--output_dir",
+        run_dir,
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -65,8 +82,9 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
         row["memory_budget_bytes"] = ok[0]["memory_budget_bytes"]
         row["flops_budget"] = ok[0]["flops_budget"]
         row["iterations"] = float(np.mean([r["iterations"] for r in ok]))
-        row["train_samples_per_s"] = float(np.mean(
-            [r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok]))
+        row["train_samples_per_s"] = float(
+            np.mean([r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok])
+        )
         summary[method] = row
     return summary
 
@@ -80,9 +98,11 @@ def _pm(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 2) ->
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
-    lines = ["| method | seeds | A_AUC | A_last | F_last | TFLOPs | bwd saved | memory MB | iterations | "
-             "train samples/s | wall-clock s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | seeds | A_AUC | A_last | F_last | TFLOPs | bwd saved | memory MB | iterations | "
+        "train samples/s | wall-clock s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for method, row in summary.items():
         if "errors" in row:
             lines.append(f"| {method} | failed: {row['errors'][0]} |" + " |" * 9)
@@ -92,7 +112,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
             f"| {_pm(row, 'A_auc')} | {_pm(row, 'A_last')} | {_pm(row, 'F_last')} "
             f"| {row['train_flops'] / 1e12:.3f} | {100 * row['backward_flops_saved_fraction']:.1f}% "
             f"| {row['memory_bytes'] / 1e6:.2f} | {row['iterations']:.0f} | {row['train_samples_per_s']:.1f} "
-            f"| {_pm(row, 'wall_time_s', 1.0, 0)} |")
+            f"| {_pm(row, 'wall_time_s', 1.0, 0)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -127,19 +148,34 @@ def plot(runs: list[dict[str, Any]], output_dir: str) -> list[str]:
             mine = [r for r in freezers if r["method"] == method]
             curves = [r["curve"] for r in mine if r["curve"] and all("frozen_blocks" in p for p in r["curve"])]
             if curves and len({len(c) for c in curves}) == 1:
-                per_interval = [frozen_blocks_per_interval([p["iterations"] for p in c], [p["frozen_blocks"] for p in c])
-                                for c in curves]
-                over_stream.plot([p["samples"] for p in curves[0]], np.nanmean(per_interval, axis=0), marker="o",
-                                 ms=3, linestyle=("-", "--", ":", "-.")[i % 4], label=method)  # styles: overlaps show
+                per_interval = [
+                    frozen_blocks_per_interval([p["iterations"] for p in c], [p["frozen_blocks"] for p in c])
+                    for c in curves
+                ]
+                over_stream.plot(
+                    [p["samples"] for p in curves[0]],
+                    np.nanmean(per_interval, axis=0),
+                    marker="o",
+                    ms=3,
+                    linestyle=("-", "--", ":", "-.")[i % 4],
+                    label=method,
+                )  # styles: overlaps show
             hist: dict[int, float] = {}
             for r in mine:
                 for k, v in r["frozen_blocks_histogram"].items():
                     hist[int(k)] = hist.get(int(k), 0) + v / r["iterations"]
             keys = sorted(hist)
-            shares.bar([k - 0.4 + width * (i + 0.5) for k in keys], [100 * hist[k] / len(mine) for k in keys],
-                       width=width, label=method)
-        over_stream.set(xlabel="stream samples seen", ylabel="mean frozen blocks per iteration",
-                        title="frozen blocks over the stream (per evaluation interval)")
+            shares.bar(
+                [k - 0.4 + width * (i + 0.5) for k in keys],
+                [100 * hist[k] / len(mine) for k in keys],
+                width=width,
+                label=method,
+            )
+        over_stream.set(
+            xlabel="stream samples seen",
+            ylabel="mean frozen blocks per iteration",
+            title="frozen blocks over the stream (per evaluation interval)",
+        )
         shares.set(xlabel="frozen blocks", ylabel="share of iterations (%)", title="adaptive freezing decisions")
         for ax in (over_stream, shares):
             ax.legend()
@@ -150,8 +186,14 @@ def plot(runs: list[dict[str, Any]], output_dir: str) -> list[str]:
     return written
 
 
-def compare(config: str, methods: Sequence[str], seeds: Sequence[int], output_dir: str, jobs: int = 1,
-            overrides: Sequence[str] = ()) -> dict[str, Any]:
+def compare(
+    config: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    output_dir: str,
+    jobs: int = 1,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     os.makedirs(output_dir, exist_ok=True)
@@ -164,8 +206,14 @@ def compare(config: str, methods: Sequence[str], seeds: Sequence[int], output_di
             bar.set_postfix(last=f"{runs[-1]['method']}/{runs[-1]['seed']}")
             bar.update()
     summary = summarize(runs, methods)
-    result = {"config": config, "methods": list(methods), "seeds": list(seeds), "overrides": list(overrides),
-              "summary": summary, "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs]}
+    result = {
+        "config": config,
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "summary": summary,
+        "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
+    }
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(output_dir, "summary.md"), "w") as f:
@@ -176,7 +224,7 @@ def compare(config: str, methods: Sequence[str], seeds: Sequence[int], output_di
 
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="hf-budgetcl compare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -185,7 +233,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     args = parser.parse_args(argv)
-    from .methods import METHODS
+    from ..methods import METHODS
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]

@@ -9,12 +9,10 @@ the final ones.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from .metrics import a_auc, a_last, accuracy_by_class, f_last
-from .stream import StreamOrder
+from ..stream.orders import StreamOrder
+from .metrics import a_auc, a_last, f_last
 
 
 @dataclass
@@ -55,27 +53,6 @@ class AnytimeSchedule:
             out.append(self.points[self.next])
             self.next += 1
         return out
-
-
-class Evaluator(Protocol):
-    def __call__(self, trainer: Any, seen_classes: np.ndarray) -> tuple[float, dict[int, float]]: ...
-
-
-class ClassificationEvaluator:
-    """Accuracy on the test rows whose label is among ``seen_classes``, through ``Trainer.predict``
-    (which batches with ``per_device_eval_batch_size`` and gathers across processes)."""
-
-    def __init__(self, test_dataset, label_column: str = "label"):
-        self.test_dataset = test_dataset
-        self.test_labels = np.asarray(test_dataset[label_column])
-
-    def __call__(self, trainer: Any, seen_classes: np.ndarray) -> tuple[float, dict[int, float]]:
-        rows = np.flatnonzero(np.isin(self.test_labels, seen_classes))
-        if len(rows) == 0:
-            return float("nan"), {}
-        output = trainer.predict(self.test_dataset.select(rows), metric_key_prefix="anytime")
-        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        return accuracy_by_class(np.asarray(logits).argmax(-1), np.asarray(output.label_ids))
 
 
 def summarize_curve(curve: list[CurvePoint], stream: StreamOrder) -> dict[str, float]:

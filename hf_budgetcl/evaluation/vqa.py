@@ -3,7 +3,7 @@
 :class:`VQAEvaluator` implements the trainer's evaluator protocol ``evaluator(trainer, seen_classes) ->
 (accuracy, per_class)``: it generates answers (greedy, batched, prompts left-padded by the collator) for the test
 questions whose concept is among the seen ones and scores them with the normalised exact match of
-:func:`~hf_budgetcl.metrics.exact_match`. Alongside, at every evaluation, it scores the majority-answer baseline
+:func:`~hf_budgetcl.evaluation.metrics.exact_match`. Alongside, at every evaluation, it scores the majority-answer baseline
 on the same questions (always answering the most frequent training answer of the seen concepts), and exposes it
 through ``extra_results`` so that ``results.json`` carries ``majority_baseline`` next to ``A_last``.
 """

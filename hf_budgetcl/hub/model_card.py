@@ -1,4 +1,4 @@
-"""Hub-ready outputs: a model card that carries the budget, and the upload of a run's output directory.
+"""The model card of a run: the budget, the stream, the method and the anytime metrics, rendered for the Hub.
 
 * :func:`build_model_card` renders ``templates/model_card.md`` (source: ``model_cards/budgetcl_model_card.md``) with
   ``huggingface_hub.ModelCardData`` and one ``EvalResult`` each for A_AUC and A_last, so the Hub (and
@@ -11,29 +11,30 @@
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.metadata
 import math
 import os
-import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub import (
+    EvalResult,
+    ModelCard,
+    ModelCardData,
+)
 
 __all__ = [
     "CITATION",
-    "HubUnreachableError",
-    "PUSH_PATTERNS",
     "build_model_card",
     "framework_versions",
     "hyperparameters",
-    "push_output_dir",
     "template_path",
     "write_trainer_model_card",
 ]
+
+
+from .push import REPO_ID
 
 CITATION = """@inproceedings{seo2025budgeted,
   title     = {Budgeted Online Continual Learning by Adaptive Layer Freezing and Frequency-based Sampling},
@@ -45,32 +46,38 @@ CITATION = """@inproceedings{seo2025budgeted,
   url       = {https://arxiv.org/abs/2410.15143}
 }"""
 
-#: Files of an output directory that make a loadable checkpoint plus its card (top level only: no checkpoints).
-PUSH_PATTERNS = (
-    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
-    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
-    "tokenizer.model", "chat_template.jinja", "chat_template.json", "README.md", "results.json", "stream.json",
-)
+
 FRAMEWORKS = ("hf_budgetcl", "transformers", "torch", "accelerate", "peft", "datasets", "huggingface_hub")
+
+
 # Always listed in the card, default or not: they define the budget and the method.
 KEY_ARGUMENTS = (
-    "method", "freeze", "online_iter", "per_device_train_batch_size", "learning_rate", "optim", "memory_size",
-    "memory_budget_bytes", "count_optimizer_state", "flops_budget", "flops_budget_per_sample", "eval_period", "seed",
+    "method",
+    "freeze",
+    "online_iter",
+    "per_device_train_batch_size",
+    "learning_rate",
+    "optim",
+    "memory_size",
+    "memory_budget_bytes",
+    "count_optimizer_state",
+    "flops_budget",
+    "flops_budget_per_sample",
+    "eval_period",
+    "seed",
 )
+
+
 # Not hyper-parameters: paths, logging, credentials.
 _SKIP_ARGUMENTS = {"output_dir", "run_name", "report_to", "disable_tqdm", "push_to_hub"}
+
+
 _SKIP_PREFIXES = ("logging_", "hub_", "save_")
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-class HubUnreachableError(ConnectionError):
-    """The Hugging Face Hub cannot be reached (offline mode or no network): nothing was uploaded."""
 
 
 def template_path() -> str:
     """Path of the card template shipped in the package."""
-    return str(files("hf_budgetcl") / "templates" / "model_card.md")
+    return str(files("hf_budgetcl.hub") / "templates" / "model_card.md")
 
 
 def framework_versions() -> dict[str, str]:
@@ -123,14 +130,19 @@ def _budget_rows(results: dict[str, Any]) -> tuple[list[tuple[str, str, str]], l
     flops += [(f"  {item}", _fmt_flops(v), "") for item, v in results.get("flops_items", {}).items()]
     flops += [
         ("backward FLOPs saved by freezing", _pct(results.get("backward_flops_saved_fraction", 0.0)), ""),
-        ("iterations", f"{results['iterations']} (batch {results['batch_size']}, online_iter {results['online_iter']})",
-         f"stopped by {results['stopped_by']}"),
+        (
+            "iterations",
+            f"{results['iterations']} (batch {results['batch_size']}, online_iter {results['online_iter']})",
+            f"stopped by {results['stopped_by']}",
+        ),
         ("samples seen", f"{results['samples_seen']} of {results['stream']['length']}", ""),
     ]
     mem = dict(results["memory_bytes"])
     total = mem.pop("total")
-    memory = [(item + (f" ({results.get('memory_slots')} samples)" if item == "replay_samples" else ""), f"{v:,}", "")
-              for item, v in mem.items()]
+    memory = [
+        (item + (f" ({results.get('memory_slots')} samples)" if item == "replay_samples" else ""), f"{v:,}", "")
+        for item, v in mem.items()
+    ]
     memory.append(("**total**", f"{total:,}", f"{results['memory_budget_bytes']:,}"))
     return flops, memory
 
@@ -232,8 +244,9 @@ def build_model_card(
         flops_rows=flops_rows,
         memory_rows=memory_rows,
         hyperparameters=hyperparameters(config),
-        load_snippet=_load_snippet(repo_id or (model_name if _REPO_ID.match(model_name) else f"<user>/{model_name}"),
-                                   task_type),
+        load_snippet=_load_snippet(
+            repo_id or (model_name if REPO_ID.match(model_name) else f"<user>/{model_name}"), task_type
+        ),
         framework_versions=framework_versions(),
         citation=CITATION,
     )
@@ -258,7 +271,7 @@ def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name_or_path = getattr(getattr(base, "config", None), "_name_or_path", "") or ""
     base_model = kwargs.get("finetuned_from") or (
-        name_or_path if _REPO_ID.match(name_or_path) and not os.path.exists(name_or_path) else None
+        name_or_path if REPO_ID.match(name_or_path) and not os.path.exists(name_or_path) else None
     )
     info = getattr(trainer.train_dataset, "info", None)
     dataset = _first(kwargs.get("dataset")) or getattr(info, "dataset_name", None) or "custom"
@@ -270,74 +283,18 @@ def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
     model_name = kwargs.get("model_name") or (repo_id or Path(args.output_dir).absolute().name).split("/")[-1]
     tags = kwargs.get("tags")
     card = build_model_card(
-        trainer.results, args, model_name=model_name, base_model=base_model, dataset_name=dataset, task_type=task,
-        tags=[tags] if isinstance(tags, str) else tags, language=kwargs.get("language"), license=kwargs.get("license"),
-        repo_id=repo_id if repo_id and _REPO_ID.match(repo_id) else None,
+        trainer.results,
+        args,
+        model_name=model_name,
+        base_model=base_model,
+        dataset_name=dataset,
+        task_type=task,
+        tags=[tags] if isinstance(tags, str) else tags,
+        language=kwargs.get("language"),
+        license=kwargs.get("license"),
+        repo_id=repo_id if repo_id and REPO_ID.match(repo_id) else None,
     )
     path = os.path.join(args.output_dir, "README.md")
     os.makedirs(args.output_dir, exist_ok=True)
     card.save(path)
     return path
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-    return constants.is_offline_mode() or env
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, OfflineModeIsEnabled, TimeoutError]
-    for module in ("httpx2", "httpx"):  # huggingface_hub 2.x uses httpx2, 1.x httpx
-        try:
-            errors.append(__import__(module).TransportError)
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-def push_output_dir(
-    output_dir: str | os.PathLike,
-    repo_id: str,
-    token: str | None = None,
-    private: bool | None = None,
-    api: HfApi | None = None,
-    commit_message: str | None = None,
-):
-    """Upload a run's checkpoint, processor files, ``README.md`` and ``results.json`` to ``repo_id`` in one commit.
-
-    Files are the top-level matches of :data:`PUSH_PATTERNS` (no intermediate checkpoints, no pickled
-    ``training_args.bin``). Returns the ``CommitInfo`` of ``create_commit``.
-
-    Raises:
-        FileNotFoundError: the directory lacks weights, a config, ``README.md`` or ``results.json``.
-        HubUnreachableError: offline mode is on (without an injected ``api``) or the Hub cannot be reached.
-    """
-    root = Path(output_dir)
-    names = sorted(p.name for p in root.iterdir() if p.is_file()) if root.is_dir() else []
-    chosen = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in PUSH_PATTERNS)]
-    missing = [what for what, ok in (
-        ("model weights (*.safetensors)", any(n.endswith(".safetensors") for n in chosen)),
-        ("config.json or adapter_config.json", "config.json" in chosen or "adapter_config.json" in chosen),
-        ("README.md", "README.md" in chosen),
-        ("results.json", "results.json" in chosen),
-    ) if not ok]
-    if missing:
-        raise FileNotFoundError(f"push: {os.fspath(output_dir)!r} is not a finished hf_budgetcl run (missing "
-                                f"{', '.join(missing)})")
-    if api is None and _offline():
-        raise HubUnreachableError(f"push: HF_HUB_OFFLINE is set, so {repo_id!r} cannot be reached and nothing was "
-                                  "uploaded; unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) on a networked machine")
-    api = api or HfApi()
-    operations = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(root / n)) for n in chosen]
-    try:
-        api.create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
-        return api.create_commit(
-            repo_id, operations, commit_message=commit_message or f"Upload hf_budgetcl run {root.name}",
-            token=token, repo_type="model",
-        )
-    except _transport_errors() as err:
-        raise HubUnreachableError(f"push: the Hugging Face Hub is unreachable ({type(err).__name__}: {err}); "
-                                  "nothing was uploaded") from err
-
