@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: demo test data clean bench
+.PHONY: demo test lint data clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -23,10 +23,16 @@ data:
 	  (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) || \
 	  echo "note: dataset-fashion-mnist not installed; Fashion-MNIST recipes need it (or FASHION_MNIST_DIR)")
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 demo: $(STAMP)
 	$(VENV)/bin/hf-budgetcl run --config recipes/configs/digits_er.yaml
 
 test: $(STAMP) data
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 bench: $(STAMP) data

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:  # the methods of one seed run side by side, two at a time
         with ThreadPoolExecutor(2) as pool:
-            pair = list(pool.map(lambda m: run_one(m, seed, args), list(runs)))
+            pair = list(pool.map(lambda m, s=seed: run_one(m, s, args), list(runs)))
         for method, result in zip(runs, pair):
             runs[method].append(result)
     curve = next(iter(runs.values()))[0]["curve"]
