@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from .runs.arguments import ConfigError, read_yaml_config
+from .runs.arguments import ConfigError, read_yaml_config, split_equals_config
 
 RECIPES = ("image_classification", "vlm_instruction_stream")
 
@@ -27,6 +27,7 @@ def _recipe_main(name: str) -> Callable[[Sequence[str]], object]:
 
 def recipe_of(argv: Sequence[str]) -> str:
     """The recipe named by the config's ``recipe`` key (default: image_classification)."""
+    argv = split_equals_config(argv)
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         return str(read_yaml_config(argv[argv.index("--config") + 1]).get("recipe", "image_classification"))
     return "image_classification"

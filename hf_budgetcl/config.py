@@ -40,6 +40,7 @@ class BudgetedCLConfig(TrainingArguments):
         default=4, metadata={"help": "aL: every this many steps nothing is frozen, refreshing every Fisher trace."}
     )
     freeze_warmup_steps: int = field(default=50, metadata={"help": "aL: steps without freezing at the start."})
+    lisa_interval: int = field(default=20, metadata={"help": "LISA: steps between two draws of the active blocks."})
     sar_temperature: float = field(default=0.125, metadata={"help": "SAR: retrieval softmax temperature T (ex.sh)."})
     sar_decay_k: float = field(
         default=4.0, metadata={"help": "SAR: use counts decay by 1 - B / (k |M|) per iteration (ex.sh: k = 4)."}

@@ -113,3 +113,17 @@ def test_memory_budget_itemises_and_rejects_too_small_budgets():
     }
     with pytest.raises(ValueError, match="memory_budget_bytes=500 is smaller"):
         MemoryBudget(total_bytes=500, model_bytes=600).validate()
+
+
+def test_a_failing_measurement_leaves_no_measuring_flag_behind():
+    model = build_image_classifier("digits_resnet", num_labels=10, num_channels=1, image_size=8)
+    model.eval()
+
+    def broken(model, inputs):
+        raise RuntimeError("forward failed")
+
+    profiler = FlopsProfiler(model, find_blocks(model), broken)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        profiler.cost(_image_batch())
+    assert profiler.measuring is False
+    assert not model.training  # the mode it had before

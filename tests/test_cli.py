@@ -224,3 +224,17 @@ def test_bad_stream_files_name_the_file(tmp_path, capsys, entries, message):
     line = _error_line(err)
     assert code == 2 and "stream.json" in line and message in line
     assert json.loads((out / "results.json").read_text()) == {"A_auc": 0.5}  # earlier outputs intact
+
+
+def test_an_abbreviated_option_is_not_taken_for_the_full_name(capsys):
+    code, err = _run(capsys, "--learning_rat", "0.1")
+    assert code != 0
+    assert "--learning_rat" in err
+
+
+def test_config_given_with_an_equals_sign_is_read(capsys, tmp_path):
+    code, err = _run(capsys, "--eval_period", "0")  # the reference: the YAML is read and a bad override is named
+    assert code == 2 and "eval_period" in _error_line(err)
+    code = main(["run", "--config=recipes/configs/digits_er.yaml", "--eval_period", "0", "--report_to", "none"])
+    assert code == 2
+    assert "eval_period" in _error_line(capsys.readouterr().err)

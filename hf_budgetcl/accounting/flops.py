@@ -123,22 +123,24 @@ class FlopsProfiler:
         was_training = self.model.training
         self.model.train()
         self.measuring = True
-        with _side_effect_free(self.model), torch.enable_grad():
-            with FlopCounterMode(display=False) as counter:
-                loss = self.loss_fn(self.model, dict(inputs))
-            forward = float(counter.get_total_flops())
-            counts = counter.get_flop_counts()
-            block_forward = tuple(float(sum(counts.get(name, {}).values())) for name in self._block_names)
-            backward = []
-            for n in range(len(self.blocks) + 1):
-                params = self.blocks.trainable_from(n)
-                if not params:  # nothing left to train: no backward at all
-                    backward.append(0.0)
-                    continue
+        try:
+            with _side_effect_free(self.model), torch.enable_grad():
                 with FlopCounterMode(display=False) as counter:
-                    torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                backward.append(float(counter.get_total_flops()))
-            del loss
-        self.measuring = False
-        self.model.train(was_training)
+                    loss = self.loss_fn(self.model, dict(inputs))
+                forward = float(counter.get_total_flops())
+                counts = counter.get_flop_counts()
+                block_forward = tuple(float(sum(counts.get(name, {}).values())) for name in self._block_names)
+                backward = []
+                for n in range(len(self.blocks) + 1):
+                    params = self.blocks.trainable_from(n)
+                    if not params:  # nothing left to train: no backward at all
+                        backward.append(0.0)
+                        continue
+                    with FlopCounterMode(display=False) as counter:
+                        torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                    backward.append(float(counter.get_total_flops()))
+                del loss
+        finally:  # a failing forward must not leave method hooks believing a measurement still runs
+            self.measuring = False
+            self.model.train(was_training)
         return StepCost(forward, tuple(backward), block_forward)

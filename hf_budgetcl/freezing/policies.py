@@ -60,10 +60,8 @@ def make_freezing_policy(mode: str, blocks: BlockPartition, args: Any) -> Any:
             freeze_warmup_steps=getattr(args, "freeze_warmup_steps", 50),
         )
     if mode == "lisa" or mode.startswith("lisa:"):
-        from ..methods.base import parse_method_options
         from .lisa import LisaFreezing
 
-        options = parse_method_options(getattr(args, "method_options", None))
         n_active = int(mode.split(":", 1)[1]) if ":" in mode else None
-        return LisaFreezing(blocks, n_active, int(options.get("lisa_interval", 20)), seed=getattr(args, "seed", 0))
+        return LisaFreezing(blocks, n_active, int(getattr(args, "lisa_interval", 20)), seed=getattr(args, "seed", 0))
     raise ValueError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{mode}'")

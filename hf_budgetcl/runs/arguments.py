@@ -51,11 +51,23 @@ def read_yaml_config(path: str) -> dict[str, Any]:
     return values
 
 
+def split_equals_config(argv: Sequence[str]) -> list[str]:
+    """``--config=path`` -> ``--config path`` (argparse spelling both ways)."""
+    out: list[str] = []
+    for arg in argv:
+        out += ["--config", arg.split("=", 1)[1]] if arg.startswith("--config=") else [arg]
+    return out
+
+
 class ConfigParser(HfArgumentParser):
     """Parse dataclasses from an optional ``--config`` YAML plus command-line overrides."""
 
+    def __init__(self, dataclass_types, **kwargs):
+        # No prefix matching: `--learning_rat 0.1` must be an error, not the learning rate.
+        super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
+
     def parse_with_config(self, argv: Sequence[str], ignore_keys: Sequence[str] = ()) -> tuple:
-        argv = list(argv)
+        argv = split_equals_config(argv)
         config_values: dict[str, Any] = {}
         if "--config" in argv:
             i = argv.index("--config")

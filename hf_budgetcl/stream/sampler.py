@@ -19,14 +19,16 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from ..methods import ContinualMethod
 from .memory import EpisodicMemory
 from .orders import StreamOrder
+
+if TYPE_CHECKING:  # the sampler only calls the method's retrieval hooks
+    from ..methods import ContinualMethod
 
 
 @dataclass(frozen=True)
