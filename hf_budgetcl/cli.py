@@ -10,7 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from .runs.arguments import ConfigError, read_yaml_config, split_equals_config
+from .runs.arguments import read_yaml_config, split_equals_config
+from .utils.errors import ConfigError
 
 RECIPES = ("image_classification", "vlm_instruction_stream")
 
@@ -34,10 +35,11 @@ def recipe_of(argv: Sequence[str]) -> str:
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
-    """Run ``fn``; configuration and data errors become one line on stderr and exit status 2."""
+    """Run ``fn``; configuration errors and missing files become one line on stderr and exit status 2, a failed
+    write (a full disk) one line and exit status 1. Any other exception is a bug and keeps its traceback."""
     try:
         fn()
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as err:
+    except (ConfigError, FileNotFoundError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"hf-budgetcl: error: {message}", file=sys.stderr)
         return 2

@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .methods import METHODS
+from .freezing.adaptive import AdaptiveFreezingSettings
+from .methods import BUILTIN_METHODS, METHODS
+from .methods.options import build_options
+from .methods.sar import SAROptions
 from .stream.orders import STREAM_KINDS
+from .utils.errors import ConfigError
 
+AL, SAR = AdaptiveFreezingSettings(), SAROptions()
 FREEZE_PATTERN = re.compile(r"^(none|adaptive|static:\d+|lisa(:\d+)?)$")
 BUDGET_MATCHING = ("none", "auto", "spend_savings")
 
@@ -25,36 +30,54 @@ class BudgetedCLConfig(TrainingArguments):
     Online training: ``online_iter`` iterations per arriving sample, anytime evaluation every ``eval_period``.
     """
 
-    method: str = field(default="er", metadata={"help": f"Continual method: {', '.join(sorted(METHODS))}."})
+    method: str = field(
+        default="er",
+        metadata={
+            "help": f"Continual method: {', '.join(m.name for m in BUILTIN_METHODS)}, or a plug-in registered "
+            "under the hf_budgetcl.methods entry point."
+        },
+    )
     freeze: str | None = field(
         default=None,
         metadata={"help": "none | adaptive | static:<n> | lisa[:<n>]; default: the method's own choice."},
     )
     method_options: str | None = field(
         default=None,
-        metadata={"help": "Method hyper-parameters as key=value,key=value (e.g. mir_candidates=50,derpp_alpha=0.1)."},
+        metadata={
+            "help": "Method hyper-parameters as key=value,key=value (e.g. mir_candidates=50); a key the method does "
+            "not know is an error."
+        },
     )
-    fisher_ema: float = field(default=0.01, metadata={"help": "aL: EMA ratio of the per-block Fisher traces."})
-    informativeness_ema: float = field(default=0.01, metadata={"help": "aL: EMA ratio of the batch informativeness."})
+    fisher_ema: float = field(
+        default=AL.fisher_ema, metadata={"help": "aL: EMA ratio of the per-block Fisher traces."}
+    )
+    informativeness_ema: float = field(
+        default=AL.informativeness_ema, metadata={"help": "aL: EMA ratio of the batch informativeness."}
+    )
     fisher_update_every: int = field(
-        default=4, metadata={"help": "aL: every this many steps nothing is frozen, refreshing every Fisher trace."}
+        default=AL.fisher_update_every,
+        metadata={"help": "aL: every this many steps nothing is frozen, refreshing every Fisher trace."},
     )
-    freeze_warmup_steps: int = field(default=50, metadata={"help": "aL: steps without freezing at the start."})
+    freeze_warmup_steps: int = field(
+        default=AL.freeze_warmup_steps, metadata={"help": "aL: steps without freezing at the start."}
+    )
     lisa_interval: int = field(default=20, metadata={"help": "LISA: steps between two draws of the active blocks."})
-    sar_temperature: float = field(default=0.125, metadata={"help": "SAR: retrieval softmax temperature T (ex.sh)."})
+    # SAR's options as config fields too (--sar_temperature ...); method_options=... takes precedence.
+    sar_temperature: float = field(default=SAR.sar_temperature, metadata={"help": "SAR: retrieval temperature T."})
     sar_decay_k: float = field(
-        default=4.0, metadata={"help": "SAR: use counts decay by 1 - B / (k |M|) per iteration (ex.sh: k = 4)."}
+        default=SAR.sar_decay_k, metadata={"help": "SAR: use counts decay by 1 - B / (k |M|) per iteration."}
     )
     sar_warmup_samples: int = field(
-        default=50, metadata={"help": "SAR: class-balanced retrieval before this many stream samples."}
+        default=SAR.sar_warmup_samples, metadata={"help": "SAR: class-balanced retrieval before this many arrivals."}
     )
     sar_scale_by_memory: bool = field(
-        default=True,
-        metadata={"help": "SAR: use max(0, c_hat / |M|) as the official code (the scale T = 0.125 was tuned on)."},
+        default=SAR.sar_scale_by_memory, metadata={"help": "SAR: use max(0, c_hat / |M|) as the official code."}
     )
-    similarity_ema: float = field(default=0.001, metadata={"help": "SAR: EMA ratio of the class gradient statistics."})
+    similarity_ema: float = field(
+        default=SAR.similarity_ema, metadata={"help": "SAR: EMA ratio of the class gradient statistics."}
+    )
     similarity_coords: int = field(
-        default=64, metadata={"help": "SAR: number of fixed random head-gradient coordinates per sample."}
+        default=SAR.similarity_coords, metadata={"help": "SAR: fixed random head-gradient coordinates per sample."}
     )
     stream: str = field(default="disjoint", metadata={"help": f"Arrival order: {', '.join(STREAM_KINDS)}."})
     stream_file: str | None = field(default=None, metadata={"help": "JSON arrival order to import instead."})
@@ -108,35 +131,34 @@ class BudgetedCLConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method: unknown method '{self.method}'; choose one of: {', '.join(sorted(METHODS))}")
+        METHODS.get_class(self.method)  # an unknown name is a one-line error listing the choices
         if self.stream not in STREAM_KINDS:
-            raise ValueError(f"stream: unknown stream type '{self.stream}'; choose one of: {', '.join(STREAM_KINDS)}")
+            raise ConfigError(f"stream: unknown stream type '{self.stream}'; choose one of: {', '.join(STREAM_KINDS)}")
         if self.freeze is not None and not FREEZE_PATTERN.match(self.freeze):
-            raise ValueError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{self.freeze}'")
+            raise ConfigError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{self.freeze}'")
         if self.budget_matching not in BUDGET_MATCHING:
-            raise ValueError(
+            raise ConfigError(
                 f"budget_matching: expected one of {', '.join(BUDGET_MATCHING)}, got '{self.budget_matching}'"
             )
         if self.budget_matching != "none" and self.flops_budget is None and self.flops_budget_per_sample is None:
-            raise ValueError("budget_matching: needs a FLOPs budget (flops_budget or flops_budget_per_sample)")
+            raise ConfigError("budget_matching: needs a FLOPs budget (flops_budget or flops_budget_per_sample)")
         for name in ("eval_period", "online_iter", "fisher_update_every"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("memory_budget_bytes", "memory_size", "flops_budget", "flops_budget_per_sample"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise ConfigError(f"{name} must be positive, got {value}")
         if self.memory_budget_bytes is None and self.memory_size is None:
-            raise ValueError("memory_budget_bytes: give a memory budget in bytes (or memory_size in samples)")
+            raise ConfigError("memory_budget_bytes: give a memory budget in bytes (or memory_size in samples)")
         if self.flops_budget is not None and self.flops_budget_per_sample is not None:
-            raise ValueError("flops_budget: give either flops_budget or flops_budget_per_sample, not both")
-        for name in ("sar_temperature", "sar_decay_k", "similarity_ema", "similarity_coords"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            raise ConfigError("flops_budget: give either flops_budget or flops_budget_per_sample, not both")
+        # The method's options (method_options, and config fields such as sar_temperature): checked now, not at the
+        # first training step.
+        build_options(METHODS[self.method].Options, self.method, self)
         if self.save_total_limit is not None and 0 < self.save_total_limit < 2:
             # Trainer rotates old checkpoints before the new one is complete: keep one more to survive a crash then.
-            raise ValueError(f"save_total_limit must be at least 2 (or unset), got {self.save_total_limit}")
+            raise ConfigError(f"save_total_limit must be at least 2 (or unset), got {self.save_total_limit}")
         # The stream sampler's own state is restored on resume; Trainer must not fast-forward the data as well.
         self.ignore_data_skip = True
         super().__post_init__()

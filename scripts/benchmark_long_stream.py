@@ -70,7 +70,7 @@ class StabilityProbe(TrainerCallback):
             time.perf_counter(),
             time.process_time(),
             self.trainer.ledger.steps,
-            self.trainer.eval_time_s,
+            self.trainer.progress.eval_time_s,
             getattr(self, "eval_cpu_s", 0.0),
         )
 

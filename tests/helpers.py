@@ -48,3 +48,22 @@ def digits_trainer(tmp_path, per_class_train=20, per_class_test=10, model="digit
         sample_nbytes=sample_nbytes,
         data_collator=ImageCollator(),
     )
+
+
+class FakeMethodContext:
+    """The parts of :class:`~hf_budgetcl.methods.context.MethodContext` a method unit test needs: one process, a
+    bare model, charges recorded per item."""
+
+    def __init__(self, model, record=None, memory=None):
+        self.model, self.record, self.memory = model, record, memory
+        self.world_size, self.rank = 1, 0
+        self.charges: dict[str, float] = {}
+
+    def gather(self, tensors):
+        return tensors
+
+    def charge(self, item: str, flops: float, on_every_rank: bool = False) -> None:
+        self.charges[item] = self.charges.get(item, 0.0) + float(flops)
+
+    def local_positions(self, local_rows: int) -> np.ndarray:
+        return np.arange(local_rows)

@@ -81,7 +81,7 @@ def test_cost_is_cached_per_shape():
 
 
 def test_ledger_arithmetic_and_saved_fraction():
-    cost = StepCost(forward=10.0, backward_by_prefix=(20.0, 12.0, 4.0), block_forward=(3.0, 5.0))
+    cost = StepCost(forward=10.0, backward_by_prefix=(20.0, 12.0, 4.0))
     assert cost.backward_saved_per_block == (8.0, 8.0)
     ledger = FlopsLedger(budget=100.0)
     ledger.charge_step(cost, 0)

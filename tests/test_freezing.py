@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_budgetcl.accounting.flops import StepCost
-from hf_budgetcl.freezing.adaptive import AdaptiveFreezingCallback
+from hf_budgetcl.freezing.adaptive import AdaptiveFreezingCallback, AdaptiveFreezingSettings
 from hf_budgetcl.freezing.policies import StaticFreezing, make_freezing_policy
 from hf_budgetcl.models.blocks import BlockPartition
 from tests.helpers import digits_trainer
@@ -37,11 +37,13 @@ def _decide(policy, cost, logits=None):
     return policy.decide(None, model, inputs, _Out(logits), cost)
 
 
-COST = StepCost(forward=30.0, backward_by_prefix=(60.0, 40.0, 20.0, 2.0), block_forward=(10.0, 10.0, 10.0))
+COST = StepCost(forward=30.0, backward_by_prefix=(60.0, 40.0, 20.0, 2.0))
 
 
 def test_no_freezing_during_warmup_and_on_refresh_steps():
-    policy = AdaptiveFreezingCallback(_partition(), freeze_warmup_steps=2, fisher_update_every=3)
+    policy = AdaptiveFreezingCallback(
+        _partition(), AdaptiveFreezingSettings(freeze_warmup_steps=2, fisher_update_every=3)
+    )
     policy.fisher[:] = [1e-6, 1e-6, 1.0]
     policy.fisher_seen[:] = True
     decisions = [_decide(policy, COST) for _ in range(6)]
@@ -51,11 +53,15 @@ def test_no_freezing_during_warmup_and_on_refresh_steps():
 
 
 def test_criterion_follows_fisher_per_flop():
-    informative = AdaptiveFreezingCallback(_partition(), freeze_warmup_steps=0, fisher_update_every=100)
+    informative = AdaptiveFreezingCallback(
+        _partition(), AdaptiveFreezingSettings(freeze_warmup_steps=0, fisher_update_every=100)
+    )
     informative.fisher[:] = [5.0, 5.0, 5.0]  # equal information per backward FLOP everywhere: nothing to gain
     informative.fisher_seen[:] = True
     assert _decide(informative, COST) == 0
-    lazy = AdaptiveFreezingCallback(_partition(), freeze_warmup_steps=0, fisher_update_every=100)
+    lazy = AdaptiveFreezingCallback(
+        _partition(), AdaptiveFreezingSettings(freeze_warmup_steps=0, fisher_update_every=100)
+    )
     lazy.fisher[:] = [1e-4, 1e-4, 5.0]
     lazy.fisher_seen[:] = True
     assert _decide(lazy, COST) == 2
@@ -63,7 +69,7 @@ def test_criterion_follows_fisher_per_flop():
 
 def test_fisher_ema_updates_only_blocks_that_trained():
     part = _partition()
-    policy = AdaptiveFreezingCallback(part, fisher_ema=0.5)
+    policy = AdaptiveFreezingCallback(part, AdaptiveFreezingSettings(fisher_ema=0.5))
     for ps, g in zip(part.params, (1.0, 2.0, 3.0)):
         ps[0].grad = torch.full((2,), g)
     policy.on_pre_optimizer_step(None, None, None)
@@ -169,7 +175,9 @@ def test_curve_records_frozen_blocks_over_the_stream(tmp_path):
     trainer.train()
     totals = [p.frozen_blocks for p in trainer.curve]
     assert totals == sorted(totals)  # cumulative
-    assert totals[-1] == sum(k * v for k, v in trainer.frozen_counts.items()) > 0  # it froze, and all is counted
+    assert (
+        totals[-1] == sum(k * v for k, v in trainer.progress.frozen_counts.items()) > 0
+    )  # it froze, and all is counted
     means = frozen_blocks_per_interval([p.iterations for p in trainer.curve], totals)
     assert np.all((means >= 0) & (means <= trainer.blocks.max_frozen))
     results = json.loads(open(trainer.save_results()).read())

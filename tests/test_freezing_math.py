@@ -101,30 +101,6 @@ def test_length_mismatch_raises():
         select_frozen_prefix([1.0, 2.0], [1.0], [1.0, 1.0], s_b=0.0)
 
 
-def test_exclude_first_hand_computed():
-    # Blocks 1..3 are case A; block 0 (stem) values must not matter.  s_b = 1 -> sub-result 1 -> freeze 0..1
-    for stem in ((10.0, 5.0, 3.0), (0.0, 0.0, 0.0), (1e-3, 100.0, 100.0)):
-        F = [stem[0], 1.0, 2.0, 4.0]
-        FF = [stem[1], 1.0, 1.0, 1.0]
-        BF = [stem[2], 2.0, 2.0, 2.0]
-        assert select_frozen_prefix(F, FF, BF, s_b=1.0, exclude_first=True) == 2
-        assert select_frozen_prefix(F, FF, BF, s_b=0.5, exclude_first=True) == 3
-        assert select_frozen_prefix(F, FF, BF, s_b=0.0, exclude_first=True) == 4
-        assert select_frozen_prefix(F, FF, BF, s_b=2.0, exclude_first=True) == 0
-
-
-def test_exclude_first_never_freezes_stem_alone():
-    # F = [.1, 5, 5], FF = [1, 1, 1], BF = [2, 2, 2].
-    # Included: C = [9, 7, 5, 3], I = [10.1, 10, 5, 0] -> R* = 10/7;
-    #   s_b = 1: BFC = [0, 20/7 - .1 = 2.757, 40/7 - 5.1 = .614, 60/7 - 10.1 = -1.53] -> 1 (stem only)
-    # Excluded: blocks [5, 5], C' = [6, 4, 2], I' = [10, 5, 0] -> R* = 5/3;
-    #   BFC' = [0, 10/3 - 5, 20/3 - 10] -> 0 -> nothing frozen
-    kw = dict(fisher=[0.1, 5.0, 5.0], fwd_flops=[1.0, 1.0, 1.0], bwd_saved=[2.0, 2.0, 2.0], s_b=1.0)
-    assert select_frozen_prefix(**kw) == 1
-    assert select_frozen_prefix(**kw, exclude_first=True) == 0
-    assert select_frozen_prefix([3.0], [1.0], [1.0], s_b=0.0, exclude_first=True) == 0  # L = 1
-
-
 def _official_get_freeze_idx(F, FF, BF, head_fwd, head_bwd, s_b):
     """Transcription of the official score (reference section 5.2) for the equivalence test."""
     L = len(F)
@@ -138,7 +114,8 @@ def _official_get_freeze_idx(F, FF, BF, head_fwd, head_bwd, s_b):
     return int(np.argmax(scores))
 
 
-def test_exclude_first_matches_official_score_on_random_inputs():
+def test_criterion_on_blocks_after_the_stem_matches_official_score_on_random_inputs():
+    # The official code leaves block 0 (the stem) out of the criterion and maps a sub-result m >= 1 to m + 1.
     rng = np.random.default_rng(0)
     agree = frozen = 0
     for _ in range(400):
@@ -148,7 +125,8 @@ def test_exclude_first_matches_official_score_on_random_inputs():
         BF = (2 * np.array(FF) * rng.uniform(0.5, 1.0, L)).tolist()
         hf, hb = float(rng.uniform(0, 1)), float(rng.uniform(0, 2))
         s_b = float(rng.uniform(0.0, 2.0))
-        ours = select_frozen_prefix(F, FF, BF, s_b, hf, hb, exclude_first=True)
+        m = select_frozen_prefix(F[1:], FF[1:], BF[1:], s_b, hf, hb)
+        ours = 0 if m == 0 else m + 1
         agree += ours == _official_get_freeze_idx(F, FF, BF, hf, hb, s_b)
         frozen += ours > 0
     assert agree == 400

@@ -302,3 +302,20 @@ def test_image_processor_pad_and_resize_is_approximate_but_shaped_right(tmp_path
 def test_image_processor_rejects_unsupported_channel_change():
     with pytest.raises(ValueError, match="only turn 1 channel into 3"):
         image_processor_for(ImageCollator(channels=4), (1, 8, 8))
+
+
+def test_card_hyperparameters_are_the_key_ones_and_what_differs_from_defaults(tmp_path):
+    from accelerate.state import PartialState
+
+    from hf_budgetcl.config import BudgetedCLConfig
+    from hf_budgetcl.hub.model_card import hyperparameters
+
+    config = BudgetedCLConfig(
+        output_dir=str(tmp_path), memory_size=7, report_to="none", weight_decay=0.05, use_cpu=True
+    )
+    before = dict(PartialState._shared_state)
+    params = hyperparameters(config)
+    assert dict(PartialState._shared_state) == before  # accelerate's process-wide state untouched
+    assert params["weight_decay"] == 0.05 and params["memory_size"] == 7 and params["method"] == "er"
+    assert "gradient_checkpointing" not in params and "debug" not in params  # unset either way
+    assert "adam_beta1" not in params and "accelerator_config" not in params

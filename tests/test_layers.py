@@ -8,6 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hf_budgetcl"
 # Bottom to top; a module may import its own layer and the layers below (imports for annotations only, under
 # TYPE_CHECKING, do not count).
 LAYERS = [
+    {"utils"},
     {"models", "data"},
     {"accounting"},
     {"stream"},

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from hf_budgetcl.accounting.pacing import ema_update, paced_online_iter
 from hf_budgetcl.freezing.lisa import draw_active_blocks
 from hf_budgetcl.methods import METHODS, get_method
-from hf_budgetcl.methods.base import parse_method_options
 from hf_budgetcl.methods.derpp import derpp_loss, derpp_loss_flops
 from hf_budgetcl.methods.ewc import ewc_flops, ewc_penalty, fisher_update
 from hf_budgetcl.methods.mir import per_sample_loss, select_most_interfered
+from hf_budgetcl.methods.options import parse_method_options
 from hf_budgetcl.methods.remind import dequantise_uint8, quantise_uint8
+from hf_budgetcl.stream.sampler import BatchRecord
 from tests.helpers import digits_trainer, tiny_config
 
 DIGIT_BYTES = 72  # 8x8 uint8 + 8 bytes of label/shape (data.images.sample_nbytes)
@@ -136,29 +137,42 @@ def test_budget_matching_gives_mir_fewer_iterations_within_five_percent(tmp_path
     assert mir["memory_bytes"]["extra:mir_virtual_model"] == 4 * n_params
 
 
-def test_mir_probe_charge_is_the_profilers_measurement_and_side_effect_free(tmp_path):
+def test_mir_probe_runs_in_the_training_step_charged_as_measured_and_side_effect_free(tmp_path):
     trainer = digits_trainer(tmp_path, per_class_train=8, method="mir", method_options="mir_candidates=12")
-    memory, stream = trainer.memory, trainer.stream
+    memory, stream, method, ctx = trainer.memory, trainer.stream, trainer.method, trainer.method_context
     for t in range(30):
         memory.add(int(stream.indices[t]), int(stream.labels[t]), DIGIT_BYTES)
     state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    slots = trainer.method.retrieve(memory, 4, np.random.default_rng(0), samples_seen=30)
-    assert len(set(slots.tolist())) == 4
+    # In the sampler: a uniform draw of 12 candidates, the first 4 standing in; nothing runs, nothing is charged.
+    placeholders = method.retrieve(memory, 4, np.random.default_rng(0), samples_seen=30)
+    method.on_retrieved(memory, placeholders)
+    assert len(set(placeholders.tolist())) == 4 and ctx.take_charges() == {} and method.probes == 0
+    assert sum(memory.use_counts) == 0  # counted once chosen
+    stream_rows = tuple(int(i) for i in stream.indices[30 - 4 : 30])  # ER half of a batch of 8
+    record = BatchRecord(
+        samples_seen=30,
+        last_for_arrival=True,
+        indices=stream_rows + tuple(memory.indices[int(s)] for s in placeholders),
+        slots=(-1,) * 4 + tuple(int(s) for s in placeholders),
+        labels=tuple(int(y) for y in stream.labels[26:30]) + tuple(memory.labels[int(s)] for s in placeholders),
+    )
+    refined = method.refine_batch(ctx, record)
+    assert refined.indices[:4] == stream_rows and refined.slots[:4] == (-1,) * 4
+    chosen = refined.slots[4:]
+    assert len(set(chosen)) == 4 and all(memory.indices[s] == i for s, i in zip(chosen, refined.indices[4:]))
+    assert [memory.use_counts[s] for s in chosen] == [1.0] * 4 and sum(memory.use_counts) == 4
     assert all(torch.equal(state[k], v) for k, v in trainer.model.state_dict().items())  # weights, BN stats
     assert all(p.grad is None for p in trainer.model.parameters())
-    from hf_budgetcl.methods.base import collate_rows
-
-    stream_part = collate_rows(trainer, stream.indices[30 - 4 : 30])  # ER half of a batch of 8
-    candidates = collate_rows(trainer, stream.indices[:12])
+    candidates = trainer.collate_rows(stream.indices[:12])  # any 12 rows: the FLOPs depend on the shape only
     n_params = sum(p.numel() for p in trainer.model.parameters())
     expected = (
-        trainer.profiler.cost(stream_part).train_flops(0)
+        trainer.profiler.cost(trainer.collate_rows(stream_rows)).train_flops(0)
         + 2 * n_params
         + 2 * trainer.profiler.forward_flops(candidates)
     )
     assert trainer.profiler.forward_flops(candidates) == trainer.profiler.cost(candidates).forward
-    assert trainer.method.extra_flops_per_iteration(trainer, 8)["mir_retrieval"] == pytest.approx(expected)
-    assert trainer.method.extra_flops_per_iteration(trainer, 8)["mir_retrieval"] == 0.0  # charged once
+    assert ctx.take_charges() == {"mir_retrieval": pytest.approx(expected)}
+    assert ctx.take_charges() == {}  # charged once
 
 
 def test_per_slot_bytes_shrink_the_replay_memory(tmp_path):

@@ -105,17 +105,9 @@ def test_similarity_order_matters():
     assert s[0] == pytest.approx(S0)  # symmetric example: same cosine 2/sqrt5
 
 
-def test_similarity_coord_mask_updates_trailing_part_only():
-    gbar0 = np.array([[7.0, 0.0, 0.0]])
-    # mask K = {1, 2}: gbar[K] = 0 + .5([1, 0] - 0) = [.5, 0]; cos over K = 1; s = 0 + .5(1 - 0) = .5
-    for grads in (np.array([[100.0, 1.0, 0.0]]), np.array([[1.0, 0.0]])):  # full width or already restricted
-        gbar, s, a = similarity_ema_update(gbar0, [0.0], [0.0], grads, [0], 0.5, coord_mask=[False, True, True])
-        np.testing.assert_allclose(gbar, [[7.0, 0.5, 0.0]])
-        np.testing.assert_allclose(s, [0.5])
-        np.testing.assert_allclose(a, [0.5])
-    np.testing.assert_array_equal(gbar0, [[7.0, 0.0, 0.0]])  # pure
+def test_similarity_update_rejects_features_of_another_width():
     with pytest.raises(ValueError):
-        similarity_ema_update(gbar0, [0.0], [0.0], np.ones((1, 5)), [0], 0.5, coord_mask=[False, True, True])
+        similarity_ema_update(np.zeros((1, 3)), [0.0], [0.0], np.ones((1, 5)), [0], 0.5)
 
 
 def test_similarity_zero_vector_and_nonfinite_rows():

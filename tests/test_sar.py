@@ -17,6 +17,7 @@ from torch import nn
 from hf_budgetcl.methods import get_method
 from hf_budgetcl.methods.sar import SAR, head_gradient_features
 from hf_budgetcl.stream.memory import EpisodicMemory
+from tests.helpers import FakeMethodContext
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,49 +168,40 @@ def test_head_gradient_features_match_autograd():
     assert big.abs().max() <= 1.0  # clamped
 
 
-class _Trainer:
-    """What extra_loss reads from a trainer, for a single process."""
-
-    def __init__(self, measuring: bool = False):
-        from accelerate import Accelerator
-
-        self.profiler = type("P", (), {"measuring": measuring})()
-        self.accelerator = Accelerator(cpu=True)
-        self.world_size = 1
-
-
 def _classifier() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
 
 
-def test_similarity_updates_from_the_head_and_skips_measurement_and_eval():
-    model, method = _classifier(), sar(similarity_coords=12, similarity_ema=0.1, seed=1)
+def _set_up(model: nn.Module, method: SAR, x: torch.Tensor) -> FakeMethodContext:
+    """Set the method up and run the model's first forward, which finds the head."""
+    ctx = FakeMethodContext(model)
+    method.setup(ctx)
+    model(x)
+    return ctx
+
+
+def test_similarity_updates_from_the_head_and_charges_its_work():
+    model, method = _classifier(), sar(similarity_coords=12, similarity_ema=0.1)
     x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
-    run = lambda trainer: method.extra_loss(trainer, model, {"labels": y}, {"logits": model(x)})  # noqa: E731
-    assert run(_Trainer(measuring=True)) is None
-    assert method.coords.shape == (12, 2) and method.similarity_updates == 0  # set up, no statistics
-    model.eval()
-    run(_Trainer())
-    assert method.similarity_updates == 0
-    model.train()
-    run(_Trainer())
+    ctx = _set_up(model, method, x)
+    assert method.coords.shape == (12, 2) and method.similarity_updates == 0  # set up, no statistics yet
+    method.observe(ctx, {"labels": y}, {"logits": model(x)})
     assert method.similarity_updates == 6
     assert method.S.shape == (3, 3) and np.isfinite(method.S).all()
     np.testing.assert_allclose(method.maturity, 1 - 0.9**2)  # two samples per class
     np.testing.assert_allclose(method.S, method.S.T)
     assert method.S[0, 0] > 0
-    flops = method.extra_flops_per_iteration(_Trainer(), 6)
-    assert flops["sar_features"] == 6 * (3 * 3 + 2 * 12) and flops["sar_similarity"] > 0
-    assert method.extra_flops_per_iteration(_Trainer(), 6)["sar_features"] == 0  # drained
+    # softmax 3 per logit + 2 per coordinate, per sample
+    assert ctx.charges["sar_features"] == 6 * (3 * 3 + 2 * 12) and ctx.charges["sar_similarity"] > 0
 
 
 def test_nan_features_do_not_poison_similarity():
     model, method = _classifier(), sar(similarity_coords=12, similarity_ema=0.1)
     x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 0])
     x[1] = float("nan")
-    method.extra_loss(_Trainer(measuring=True), model, {"labels": y}, {"logits": model(x)})  # attaches the hook
-    method.extra_loss(_Trainer(), model, {"labels": y}, {"logits": model(x)})
+    ctx = _set_up(model, method, x)
+    method.observe(ctx, {"labels": y}, {"logits": model(x)})
     assert np.isfinite(method.S).all() and np.isfinite(method.class_mean).all()
     assert method.maturity[1] == 0  # the NaN row was skipped
 
@@ -218,29 +210,27 @@ def test_without_a_linear_head_similarity_is_disabled():
     model, method = nn.Sequential(nn.Conv1d(1, 3, 5), nn.Flatten()), sar()
     x, y = torch.randn(4, 1, 5), torch.tensor([0, 1, 2, 0])
     with pytest.warns(UserWarning, match="class similarity disabled"):
-        method.extra_loss(_Trainer(measuring=True), model, {"labels": y}, {"logits": model(x)})
-    assert method.extra_loss(_Trainer(), model, {"labels": y}, {"logits": model(x)}) is None
+        ctx = _set_up(model, method, x)
+    method.observe(ctx, {"labels": y}, {"logits": model(x)})
     assert method.similarity_updates == 0 and method.coords is None
 
 
 def test_extra_state_bytes_and_options_from_config(tmp_path):
     from hf_budgetcl.config import BudgetedCLConfig
 
-    config = BudgetedCLConfig(
-        output_dir=str(tmp_path),
-        method="sar",
-        memory_size=10,
-        use_cpu=True,
-        report_to="none",
-        sar_temperature=0.5,
-        sar_decay_k=2.0,
-        similarity_coords=64,
-    )
+    common = dict(output_dir=str(tmp_path), method="sar", memory_size=10, use_cpu=True, report_to="none")
+    config = BudgetedCLConfig(**common, sar_temperature=0.5, sar_decay_k=2.0, similarity_coords=64)
     method = get_method("sar", config=config)
     assert (method.temperature, method.decay_k, method.n_coords) == (0.5, 2.0, 64)
     assert method.extra_state_bytes(nn.Linear(2, 2), 10) == {"sar_statistics": 8 * (10 + 100 + 640 + 20) + 8 * 128}
+    # method_options reach SAR and take precedence over the config fields
+    config = BudgetedCLConfig(**common, sar_decay_k=2.0, method_options="sar_temperature=0.3,similarity_coords=8")
+    method = get_method("sar", config=config)
+    assert (method.temperature, method.decay_k, method.n_coords) == (0.3, 2.0, 8)
     assert get_method("alsar").freeze == "adaptive" and get_method("replay+freeze").freeze == "adaptive"
-    assert get_method("replay+freeze").stream_fraction == 0.0 and get_method("er", config=config).name == "er"
+    assert get_method("replay+freeze").stream_fraction == 0.0 and get_method("er").name == "er"
+    with pytest.raises(ValueError, match="'sar_temperature' is not an option of method 'er'"):
+        get_method("er", config=config)  # an option meant for another method is not silently dropped
 
 
 def test_state_dict_round_trip():

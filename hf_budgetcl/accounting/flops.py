@@ -55,7 +55,6 @@ class StepCost:
 
     forward: float
     backward_by_prefix: tuple[float, ...]  # index n: backward FLOPs with the first n blocks frozen
-    block_forward: tuple[float, ...]  # forward FLOPs inside each block (stem group and head not itemised)
 
     @property
     def backward_saved_per_block(self) -> tuple[float, ...]:
@@ -72,7 +71,7 @@ def shape_key(inputs: Mapping[str, Any]) -> tuple:
 
 
 @contextlib.contextmanager
-def _side_effect_free(model: nn.Module):
+def side_effect_free(model: nn.Module):
     """Measurement must not move BatchNorm statistics or consume the training RNG stream."""
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):
@@ -94,7 +93,6 @@ class FlopsProfiler:
         self.cache: dict[tuple, StepCost] = {}
         self.forward_cache: dict[tuple, float] = {}
         self.measuring = False  # True while a measurement pass runs: method hooks must not update statistics
-        self._block_names = [f"{type(model).__name__}.{name}" for name in blocks.names]
 
     def cost(self, inputs: Mapping[str, Any]) -> StepCost:
         key = shape_key(inputs)
@@ -111,7 +109,7 @@ class FlopsProfiler:
             self.model.train()
             self.measuring = True
             try:
-                with _side_effect_free(self.model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+                with side_effect_free(self.model), torch.no_grad(), FlopCounterMode(display=False) as counter:
                     self.loss_fn(self.model, dict(inputs))
             finally:
                 self.measuring = False
@@ -124,12 +122,10 @@ class FlopsProfiler:
         self.model.train()
         self.measuring = True
         try:
-            with _side_effect_free(self.model), torch.enable_grad():
+            with side_effect_free(self.model), torch.enable_grad():
                 with FlopCounterMode(display=False) as counter:
                     loss = self.loss_fn(self.model, dict(inputs))
                 forward = float(counter.get_total_flops())
-                counts = counter.get_flop_counts()
-                block_forward = tuple(float(sum(counts.get(name, {}).values())) for name in self._block_names)
                 backward = []
                 for n in range(len(self.blocks) + 1):
                     params = self.blocks.trainable_from(n)
@@ -143,4 +139,4 @@ class FlopsProfiler:
         finally:  # a failing forward must not leave method hooks believing a measurement still runs
             self.measuring = False
             self.model.train(was_training)
-        return StepCost(forward, tuple(backward), block_forward)
+        return StepCost(forward, tuple(backward))

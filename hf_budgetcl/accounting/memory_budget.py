@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..utils.errors import ConfigError
+
 
 def tensor_bytes(tensors) -> int:
     return int(sum(t.numel() * t.element_size() for t in tensors))
@@ -47,7 +49,7 @@ class MemoryBudget:
     def validate(self, field_name: str = "memory_budget_bytes") -> None:
         fixed = self.total_bytes - self.sample_bytes_available
         if self.sample_bytes_available <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{field_name}={self.total_bytes:,} is smaller than what the method must keep besides replay "
                 f"samples ({fixed:,} bytes: model {self.model_bytes:,}, optimizer state {self.optimizer_state_bytes:,}, "
                 f"extra state {sum(self.extra_state_bytes.values()):,})"

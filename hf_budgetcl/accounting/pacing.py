@@ -27,6 +27,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..utils.errors import ConfigError
+
 
 def paced_online_iter(
     remaining_flops: float, remaining_arrivals: int, flops_per_iteration: float, cap: float
@@ -51,14 +53,14 @@ class BudgetMatchingCallback(TrainerCallback):
 
     def __init__(self, trainer: Any, spend_savings: bool = False, cost_ema: float = 0.1):
         if trainer.ledger.budget is None:
-            raise ValueError("budget_matching: needs a FLOPs budget (flops_budget or flops_budget_per_sample)")
+            raise ConfigError("budget_matching: needs a FLOPs budget (flops_budget or flops_budget_per_sample)")
         self.trainer = trainer
         self.spend_savings = spend_savings
         self.cost_ema = cost_ema
         self.cost_per_iteration: float | None = None
         self._previous = self._ledger_totals()
         sampler, stream, world = trainer.stream_sampler, trainer.stream, trainer.world_size
-        cost = trainer.profiler.cost(self._first_batch())
+        cost = trainer.profiler.cost(trainer.first_batch())
         cheapest = (cost.forward + cost.backward_by_prefix[trainer.blocks.max_frozen]) * world
         per_sample = trainer.ledger.budget / len(stream)
         self.cap = 2.0 * per_sample / cheapest
@@ -67,12 +69,6 @@ class BudgetMatchingCallback(TrainerCallback):
         earning = max(len(stream) - sampler.min_arrivals + 1, 1)
         sampler.online_iter = paced_online_iter(trainer.ledger.budget, earning, cost.train_flops(0) * world, self.cap)
         self.initial_online_iter = sampler.online_iter
-
-    def _first_batch(self) -> dict:
-        t = self.trainer
-        n = min(t.args.per_device_train_batch_size, len(t.stream))
-        rows = [t.train_dataset[int(i)] for i in t.stream.indices[:n]]
-        return {k: v.to(t.args.device) if hasattr(v, "to") else v for k, v in t.data_collator(rows).items()}
 
     # ---- checkpointing (cl_state.json, see hf_budgetcl.training.checkpointing; online_iter is in the sampler's state) ---
     def state_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import Dataset
 
+from ..utils.errors import ConfigError
 from .image_rows import arrays_to_dataset, first_per_class_indices
 
 FASHION_MNIST_LABELS = (
@@ -52,17 +53,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except (OSError, EOFError) as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise ValueError(f"corrupt idx file {path!r}: {err}") from err
+        raise ConfigError(f"corrupt idx file {path!r}: {err}") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise ValueError(f"corrupt idx file {path!r}: bad header {raw[:4]!r}")
+        raise ConfigError(f"corrupt idx file {path!r}: bad header {raw[:4]!r}")
     ndim, dtype = raw[3], np.dtype(_IDX_DTYPES[raw[2]])
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"corrupt idx file {path!r}: truncated header")
+        raise ConfigError(f"corrupt idx file {path!r}: truncated header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"corrupt idx file {path!r}: {len(raw)} bytes, header {shape} implies {expected}")
+        raise ConfigError(f"corrupt idx file {path!r}: {len(raw)} bytes, header {shape} implies {expected}")
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -79,13 +80,15 @@ def load_idx_dataset(
     images, labels = read_idx(images_path), read_idx(labels_path)
     img_name, lbl_name = os.fspath(images_path), os.fspath(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"corrupt idx file {img_name!r}: expected uint8 (N, H, W), got {images.dtype} {images.shape}")
+        raise ConfigError(
+            f"corrupt idx file {img_name!r}: expected uint8 (N, H, W), got {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
+        raise ConfigError(
             f"corrupt idx file {lbl_name!r}: expected {len(images)} integer labels, got {labels.dtype} {labels.shape}"
         )
     if (labels < 0).any():
-        raise ValueError(f"corrupt idx file {lbl_name!r}: negative labels")
+        raise ConfigError(f"corrupt idx file {lbl_name!r}: negative labels")
     keep = first_per_class_indices(labels, per_class)
     return arrays_to_dataset(images[keep][:, None], labels[keep], label_names)
 

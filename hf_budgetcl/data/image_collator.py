@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.errors import ConfigError
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Batching
@@ -47,7 +49,7 @@ class ImageCollator:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if self.channels is not None and x.shape[1] != self.channels:
             if x.shape[1] != 1:
-                raise ValueError(f"cannot turn {x.shape[1]} channels into {self.channels}; only 1 -> N is supported")
+                raise ConfigError(f"cannot turn {x.shape[1]} channels into {self.channels}; only 1 -> N is supported")
             x = x.expand(-1, self.channels, -1, -1).contiguous()
         if self.mean is not None or self.std is not None:
             c = x.shape[1]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset
 
+from ..utils.errors import ConfigError
 from .idx import load_fashion_mnist
 from .image_rows import arrays_to_dataset, dataset_arrays
 
@@ -28,7 +29,7 @@ from .image_rows import arrays_to_dataset, dataset_arrays
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-class deterministic split; indices come back sorted so both splits keep the source order."""
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.RandomState(seed)
     test: list[np.ndarray] = []
     for c in np.unique(labels):
@@ -37,16 +38,6 @@ def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tu
     test_idx = np.sort(np.concatenate(test)) if test else np.array([], dtype=np.int64)
     train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
     return train_idx, test_idx
-
-
-def first_per_class_indices(labels: np.ndarray, n: int | None) -> np.ndarray:
-    """Indices of the first ``n`` samples of every class, in file order (all when ``n`` is None)."""
-    if n is None:
-        return np.arange(len(labels))
-    keep = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        keep[np.flatnonzero(labels == c)[:n]] = True
-    return np.flatnonzero(keep)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -125,12 +116,12 @@ def _convert_split(
 
     cols = list(ds.column_names)
     if label_column not in cols:
-        raise ValueError(f"label column {label_column!r} not found in {where}; available columns: {cols}")
+        raise ConfigError(f"label column {label_column!r} not found in {where}; available columns: {cols}")
     if image_column is None:
         image_column = next((c for c in cols if isinstance(ds.features[c], ImageFeature)), None)
         image_column = image_column or next((c for c in ("image", "img", "pixel_values") if c in cols), None)
     if image_column not in cols:
-        raise ValueError(f"image column {image_column!r} not found in {where}; available columns: {cols}")
+        raise ConfigError(f"image column {image_column!r} not found in {where}; available columns: {cols}")
     if isinstance(ds.features[image_column], ImageFeature):
         ds = ds.cast_column(image_column, ImageFeature(decode=False))  # decode ourselves to skip corrupt files
 
@@ -138,7 +129,7 @@ def _convert_split(
     names = list(label_feature.names) if isinstance(label_feature, ClassLabel) else None
     mode = {1: "L", 3: "RGB", None: None}.get(channels, "?")
     if mode == "?":
-        raise ValueError(f"channels must be 1, 3 or None, got {channels}")
+        raise ConfigError(f"channels must be 1, 3 or None, got {channels}")
 
     images: list[np.ndarray] = []
     labels: list[int] = []
@@ -146,7 +137,7 @@ def _convert_split(
     for row in ds:
         label = row[label_column]
         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)) or label < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"label column {label_column!r} in {where} must hold non-negative integers, got {label!r}"
             )
         try:
@@ -159,11 +150,11 @@ def _convert_split(
         if size is None:
             size = tuple(arr.shape[1:])  # type: ignore[assignment]
         elif arr.shape[1:] != tuple(size):
-            raise ValueError(f"images in {where} differ in size ({tuple(size)} vs {arr.shape[1:]}); pass image_size=")
+            raise ConfigError(f"images in {where} differ in size ({tuple(size)} vs {arr.shape[1:]}); pass image_size=")
         images.append(arr)
         labels.append(int(label))
     if not images:
-        raise ValueError(f"no readable images in {where} (skipped {skipped})")
+        raise ConfigError(f"no readable images in {where} (skipped {skipped})")
     return arrays_to_dataset(np.stack(images), np.asarray(labels), names), skipped
 
 
@@ -197,7 +188,7 @@ def load_image_dataset(
     splits = list(raw.keys()) if hasattr(raw, "keys") else ["train"]
     get = (lambda s: raw[s]) if hasattr(raw, "keys") else (lambda s: raw)
     if split_train not in splits:
-        raise ValueError(f"split {split_train!r} not found in {name_or_path!r}; available splits: {splits}")
+        raise ConfigError(f"split {split_train!r} not found in {name_or_path!r}; available splits: {splits}")
     size = (image_size, image_size) if isinstance(image_size, int) else (tuple(image_size) if image_size else None)
 
     train, skipped = _convert_split(
@@ -219,7 +210,7 @@ def load_image_dataset(
             arrays_to_dataset(images[te], labels[te], names),
         )
     elif split_test is not None:
-        raise ValueError(
+        raise ConfigError(
             f"split {split_test!r} not found in {name_or_path!r}; available splits: {splits} "
             "(pass test_fraction= to carve one out of the train split, or split_test=None)"
         )

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
+from ..utils.errors import ConfigError
 from .image_collator import ImageCollator
 
 __all__ = ["image_processor_for"]
@@ -30,7 +31,7 @@ def image_processor_for(collator: ImageCollator, input_shape: Sequence[int]) -> 
     """The image processor that reproduces ``collator`` on raw uint8 images of shape ``input_shape`` (C, H, W)."""
     channels, height, width = (int(v) for v in input_shape)
     if collator.channels not in (None, channels) and (channels, collator.channels) != (1, 3):
-        raise ValueError(
+        raise ConfigError(
             f"channels: an image processor can only turn 1 channel into 3, not {channels} into {collator.channels}"
         )
     pad, size = collator.pad, collator.resize

@@ -11,6 +11,8 @@ import torch
 from datasets import Array3D, ClassLabel, Dataset, DatasetInfo, Features, Value
 from datasets.table import InMemoryTable
 
+from ..utils.errors import ConfigError
+
 LABEL_NBYTES = 8  # labels are stored as int64
 
 
@@ -25,7 +27,7 @@ def arrays_to_dataset(images: np.ndarray, labels: np.ndarray, label_names: Seque
     images = np.ascontiguousarray(images, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.int64)
     if images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"expected images (N, C, H, W) and labels (N,), got {images.shape} and {labels.shape}")
+        raise ConfigError(f"expected images (N, C, H, W) and labels (N,), got {images.shape} and {labels.shape}")
     label_feature = ClassLabel(names=list(label_names)) if label_names is not None else Value("int64")
     features = Features({"pixel_values": Array3D(shape=images.shape[1:], dtype="uint8"), "label": label_feature})
     nested: pa.Array = pa.array(images.reshape(-1))
@@ -64,7 +66,7 @@ class ImageRows(torch.utils.data.Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo | None = None):
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise ConfigError(f"{len(images)} images but {len(labels)} labels")
         # Rows are views of one array: read-only, so a collator writing into a row cannot corrupt the data.
         self.images, self.labels, self.info = images.view(), labels, info or DatasetInfo()
         self.images.flags.writeable = False

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature, Qwen2VLImageProcessorPil
 
+from ..utils.errors import ConfigError
+
 IGNORE_INDEX = -100
 
 
@@ -141,7 +143,7 @@ class VLMInstructionCollator:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.family = detect_family(processor) if family == "auto" else family
         if self.family not in ("llava", "qwen2_vl", "generic"):
-            raise ValueError(f"unknown family {family!r}; expected 'auto', 'llava', 'qwen2_vl' or 'generic'")
+            raise ConfigError(f"unknown family {family!r}; expected 'auto', 'llava', 'qwen2_vl' or 'generic'")
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
         self.image_column, self.question_column, self.answer_column = image_column, question_column, answer_column
@@ -226,7 +228,7 @@ class VLMInstructionCollator:
         if self.image_token_id is None:
             return
         if (input_ids[:, self.max_length :] == self.image_token_id).any():
-            raise ValueError(f"max_length={self.max_length} would cut image tokens; raise it")
+            raise ConfigError(f"max_length={self.max_length} would cut image tokens; raise it")
 
     # -- evaluation --------------------------------------------------------------------------------------------
     def build_generation_inputs(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

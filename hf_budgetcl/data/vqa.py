@@ -14,6 +14,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from ..utils.errors import ConfigError
+
 # Fixed concept orders: ``label`` is the index in these tuples.
 EASY_VQA_ANSWER_TYPES: tuple[str, ...] = ("shape", "color", "yes_no")
 EASY_VQA_ANSWERS: tuple[str, ...] = (
@@ -31,7 +33,7 @@ def easy_vqa_concepts(concepts: str = "answer_type") -> tuple[str, ...]:
         return EASY_VQA_ANSWER_TYPES
     if concepts == "answer":
         return EASY_VQA_ANSWERS
-    raise ValueError(f"concepts must be 'answer_type' or 'answer', got {concepts!r}")
+    raise ConfigError(f"concepts must be 'answer_type' or 'answer', got {concepts!r}")
 
 
 def _features(names: Sequence[str]) -> datasets.Features:
@@ -58,7 +60,7 @@ def load_easy_vqa(
     import easy_vqa  # optional dependency (extra "data")
 
     if split not in ("train", "test"):
-        raise ValueError(f"easy-vqa has splits 'train' and 'test', got {split!r}")
+        raise ConfigError(f"easy-vqa has splits 'train' and 'test', got {split!r}")
     names = easy_vqa_concepts(concepts)
     questions, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
     paths = getattr(easy_vqa, f"get_{split}_image_paths")()
@@ -121,7 +123,7 @@ def load_vqa_dataset(
 def _require(ds: datasets.Dataset, columns: Sequence[str], source: str) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise ValueError(f"column(s) {missing} missing from {source}; available: {ds.column_names}")
+        raise ConfigError(f"column(s) {missing} missing from {source}; available: {ds.column_names}")
 
 
 def _resolve(image: Any, root: str) -> Any:

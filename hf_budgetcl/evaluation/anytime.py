@@ -54,6 +54,12 @@ class AnytimeSchedule:
             self.next += 1
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"next": self.next}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.next = int(state["next"])
+
 
 def summarize_curve(curve: list[CurvePoint], stream: StreamOrder) -> dict[str, float]:
     """A_AUC, A_last and F_last of an anytime-evaluation curve."""

@@ -14,17 +14,17 @@ rank 0 decides and broadcasts, so every rank freezes the same prefix.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 
 from ..accounting.flops import StepCost
 from ..models.blocks import BlockPartition
+from ..models.heads import find_head, logits_of
 from .criterion import (
     batch_informativeness,
     fisher_ema_update,
@@ -33,45 +33,29 @@ from .criterion import (
 )
 
 
-def _head_weight(model: nn.Module, num_outputs: int) -> torch.Tensor:
-    """The weight that maps penultimate features to logits: output embeddings, else the last matching Linear."""
-    base = getattr(model, "module", model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if isinstance(out, nn.Linear) and out.out_features == num_outputs:
-        return out.weight
-    linears = [m for m in base.modules() if isinstance(m, nn.Linear) and m.out_features == num_outputs]
-    if not linears:
-        raise ValueError(f"adaptive freezing: no output layer with {num_outputs} outputs found")
-    return linears[-1].weight
+@dataclass(frozen=True)
+class AdaptiveFreezingSettings:
+    """aL's settings; the config's fields of the same names take their defaults from here."""
+
+    fisher_ema: float = 0.01  # EMA ratio of the per-block Fisher traces
+    informativeness_ema: float = 0.01  # EMA ratio of the batch informativeness
+    fisher_update_every: int = 4  # every this many steps nothing is frozen, refreshing every Fisher trace
+    freeze_warmup_steps: int = 50  # steps without freezing at the start
 
 
 def _logits_and_targets(inputs: dict, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-    labels = inputs["labels"]
+    logits, labels = logits_of(outputs), inputs["labels"]
     if logits.dim() == 3:  # causal LM: token t predicts label t+1
         logits, labels = logits[:, :-1], labels[:, 1:]
     return logits.detach(), labels
 
 
-class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
+class AdaptiveFreezingCallback(TrainerCallback):
     """aL: freeze, per batch, the prefix of blocks that would gain the least Fisher information per FLOP."""
 
-    def __init__(
-        self,
-        blocks: BlockPartition,
-        fisher_ema: float = 0.01,
-        informativeness_ema: float = 0.01,
-        fisher_update_every: int = 4,
-        freeze_warmup_steps: int = 50,
-        exclude_first: bool = False,
-    ):
+    def __init__(self, blocks: BlockPartition, settings: AdaptiveFreezingSettings | None = None):
         self.blocks = blocks
-        self.fisher_ema = fisher_ema
-        self.informativeness_ema = informativeness_ema
-        self.fisher_update_every = fisher_update_every
-        self.freeze_warmup_steps = freeze_warmup_steps
-        self.exclude_first = exclude_first
+        self.settings = settings or AdaptiveFreezingSettings()
         self.fisher = np.zeros(len(blocks))
         self.fisher_seen = np.zeros(len(blocks), dtype=bool)
         self.info_mean = 0.0
@@ -86,20 +70,25 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
         self.steps += 1
         logits, labels = _logits_and_targets(inputs, outputs)
         if self._head_weight is None:
-            self._head_weight = _head_weight(model, logits.shape[-1])
+            try:
+                self._head_weight = find_head(model, logits.shape[-1]).weight
+            except ValueError as err:
+                raise ValueError(f"adaptive freezing: {err}") from None
         s_b, self.info_mean = batch_informativeness(
             logits,
             labels,
             self._head_weight.detach(),
             self.info_mean,
-            ema=self.informativeness_ema,
+            ema=self.settings.informativeness_ema,
             updates=self.steps - 1,
         )
         rows = int((labels != -100).sum())
         dim, classes = self._head_weight.shape[1], logits.shape[-1]
         self._last_decision_flops = rows * dim * (2 * classes - 1) + rows * dim  # (p - Y) W and its squares
         n = 0
-        refresh = self.steps <= self.freeze_warmup_steps or self.steps % self.fisher_update_every == 0
+        refresh = (
+            self.steps <= self.settings.freeze_warmup_steps or self.steps % self.settings.fisher_update_every == 0
+        )
         if not refresh and self.fisher_seen.all():
             saved = cost.backward_saved_per_block
             n = select_frozen_prefix(
@@ -109,7 +98,6 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
                 s_b,
                 head_fwd=cost.forward,
                 head_bwd=cost.backward_by_prefix[-1],
-                exclude_first=self.exclude_first,
             )
             n = min(n, self.blocks.max_frozen)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -127,14 +115,7 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
         return {"fisher": int(self.fisher.nbytes + self.fisher_seen.nbytes + 8)}
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "mode": "adaptive",
-            "fisher_ema": self.fisher_ema,
-            "informativeness_ema": self.informativeness_ema,
-            "fisher_update_every": self.fisher_update_every,
-            "freeze_warmup_steps": self.freeze_warmup_steps,
-            "fisher": self.fisher.tolist(),
-        }
+        return {"mode": "adaptive", **asdict(self.settings), "fisher": self.fisher.tolist()}
 
     # ---- Fisher EMA from the (already synchronised, unscaled) gradients ---------------------------------------
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -148,35 +129,26 @@ class AdaptiveFreezingCallback(TrainerCallback, ExportableState):
             self.nonfinite_grads += bad
         # A block's first measurement replaces the zero start instead of being shrunk by the EMA.
         first = trained & ~self.fisher_seen
-        self.fisher = fisher_ema_update(self.fisher, new, self.fisher_ema, mask=trained & self.fisher_seen)
+        self.fisher = fisher_ema_update(self.fisher, new, self.settings.fisher_ema, mask=trained & self.fisher_seen)
         self.fisher[first] = new[first]
         self.fisher_seen |= trained
         return control
 
     # ---- checkpointing ----------------------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {
-            "args": {
-                "fisher_ema": self.fisher_ema,
-                "informativeness_ema": self.informativeness_ema,
-                "fisher_update_every": self.fisher_update_every,
-                "freeze_warmup_steps": self.freeze_warmup_steps,
-                "exclude_first": self.exclude_first,
-            },
-            "attributes": {
-                "fisher": self.fisher.tolist(),
-                "fisher_seen": self.fisher_seen.tolist(),
-                "info_mean": self.info_mean,
-                "steps": self.steps,
-                "last_frozen": self.last_frozen,
-                "nonfinite_grads": self.nonfinite_grads,
-            },
+            "fisher": self.fisher.tolist(),
+            "fisher_seen": self.fisher_seen.tolist(),
+            "info_mean": self.info_mean,
+            "steps": self.steps,
+            "last_frozen": self.last_frozen,
+            "nonfinite_grads": self.nonfinite_grads,
         }
 
-    def load_state(self, attributes: dict) -> None:
-        """Restore the ``attributes`` of :meth:`state` in place (the trainer keeps this very instance)."""
-        self.fisher = np.asarray(attributes["fisher"], dtype=np.float64)
-        self.fisher_seen = np.asarray(attributes["fisher_seen"], dtype=bool)
-        self.info_mean = float(attributes["info_mean"])
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` in place (the trainer keeps this very instance)."""
+        self.fisher = np.asarray(state["fisher"], dtype=np.float64)
+        self.fisher_seen = np.asarray(state["fisher_seen"], dtype=bool)
+        self.info_mean = float(state["info_mean"])
         for name in ("steps", "last_frozen", "nonfinite_grads"):
-            setattr(self, name, int(attributes[name]))
+            setattr(self, name, int(state[name]))

@@ -31,7 +31,6 @@ def select_frozen_prefix(
     s_b: float,
     head_fwd: float = 0.0,
     head_bwd: float = 0.0,
-    exclude_first: bool = False,
 ) -> int:
     """Number ``n*`` of leading blocks to freeze for this batch (batch freezing criterion, BFC).
 
@@ -47,10 +46,6 @@ def select_frozen_prefix(
     Marginal reading: extending the frozen prefix over block ``j`` pays iff ``s_b F_j < R* BF_j``;
     the argmax is global, not greedy. Values within a relative ``1e-9`` of the maximum count as ties.
 
-    ``exclude_first=True`` reproduces the official code (``get_freeze_idx``): block 0 (the stem) and its
-    forward/backward costs are dropped from the criterion, which is then run on blocks ``1..L-1``; a
-    sub-result ``m >= 1`` freezes blocks ``0..m`` (returns ``m + 1``), so block 0 is never frozen alone.
-
     Guards (never raises on bad numbers, returns 0 = "freeze nothing"): no blocks; any NaN/inf input;
     a negative ``F``, ``FF``, ``BF``, head cost or ``s_b``; ``sum F == 0`` (no Fisher information yet,
     every ratio would be 0); a zero cost ``C_n`` facing positive information.
@@ -61,12 +56,6 @@ def select_frozen_prefix(
     BF = np.asarray(bwd_saved, dtype=np.float64).reshape(-1)
     if not (F.shape == FF.shape == BF.shape):
         raise ValueError(f"length mismatch: fisher {F.shape}, fwd_flops {FF.shape}, bwd_saved {BF.shape}")
-    if exclude_first:
-        if F.size < 2:
-            return 0
-        m = select_frozen_prefix(F[1:], FF[1:], BF[1:], s_b, head_fwd, head_bwd, exclude_first=False)
-        return 0 if m == 0 else m + 1
-
     L = F.size
     scalars = np.array([s_b, head_fwd, head_bwd], dtype=np.float64)
     if L == 0:

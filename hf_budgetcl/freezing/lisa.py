@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from ..accounting.flops import StepCost
 from ..models.blocks import BlockPartition
+from ..utils.errors import ConfigError
 
 
 def draw_active_blocks(n_blocks: int, n_active: int, rng: np.random.Generator, always_last: bool) -> np.ndarray:
@@ -35,7 +36,7 @@ def draw_active_blocks(n_blocks: int, n_active: int, rng: np.random.Generator, a
 class LisaFreezing(TrainerCallback):
     def __init__(self, blocks: BlockPartition, n_active: int | None = None, interval: int = 20, seed: int = 0):
         if interval < 1:
-            raise ValueError(f"lisa_interval must be >= 1, got {interval}")
+            raise ConfigError(f"lisa_interval must be >= 1, got {interval}")
         self.blocks = blocks
         self.n_active = min(n_active or max(len(blocks) // 2, 1), len(blocks))
         self.interval = interval

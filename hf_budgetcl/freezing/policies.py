@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Any, Protocol
 
 from torch import nn
 
 from ..accounting.flops import StepCost
 from ..models.blocks import BlockPartition
-from .adaptive import AdaptiveFreezingCallback
+from ..utils.errors import ConfigError
+from .adaptive import AdaptiveFreezingCallback, AdaptiveFreezingSettings
 
 
 class FreezingPolicy(Protocol):
@@ -16,6 +18,8 @@ class FreezingPolicy(Protocol):
     def extra_flops(self, trainer: Any, cost: StepCost) -> dict[str, float]: ...
     def extra_state_bytes(self) -> dict[str, int]: ...
     def describe(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class NoFreezing:
@@ -30,6 +34,12 @@ class NoFreezing:
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "none"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class StaticFreezing(NoFreezing):
@@ -52,16 +62,14 @@ def make_freezing_policy(mode: str, blocks: BlockPartition, args: Any) -> Any:
     if mode.startswith("static:"):
         return StaticFreezing(int(mode.split(":", 1)[1]), blocks)
     if mode == "adaptive":
+        defaults = AdaptiveFreezingSettings()
         return AdaptiveFreezingCallback(
             blocks,
-            fisher_ema=getattr(args, "fisher_ema", 0.01),
-            informativeness_ema=getattr(args, "informativeness_ema", 0.01),
-            fisher_update_every=getattr(args, "fisher_update_every", 4),
-            freeze_warmup_steps=getattr(args, "freeze_warmup_steps", 50),
+            replace(defaults, **{f.name: getattr(args, f.name) for f in fields(defaults) if hasattr(args, f.name)}),
         )
     if mode == "lisa" or mode.startswith("lisa:"):
         from .lisa import LisaFreezing
 
         n_active = int(mode.split(":", 1)[1]) if ":" in mode else None
-        return LisaFreezing(blocks, n_active, int(getattr(args, "lisa_interval", 20)), seed=getattr(args, "seed", 0))
-    raise ValueError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{mode}'")
+        return LisaFreezing(blocks, n_active, args.lisa_interval, seed=args.seed)
+    raise ConfigError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{mode}'")

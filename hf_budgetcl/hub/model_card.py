@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 import os
@@ -69,7 +70,15 @@ KEY_ARGUMENTS = (
 
 
 # Not hyper-parameters: paths, logging, credentials.
-_SKIP_ARGUMENTS = {"output_dir", "run_name", "report_to", "disable_tqdm", "push_to_hub"}
+_SKIP_ARGUMENTS = {
+    "output_dir",
+    "run_name",
+    "report_to",
+    "disable_tqdm",
+    "push_to_hub",
+    "accelerator_config",  # filled in by __post_init__
+    "ignore_data_skip",  # always True: the stream sampler resumes the data itself
+}
 
 
 _SKIP_PREFIXES = ("logging_", "hub_", "save_")
@@ -91,25 +100,42 @@ def framework_versions() -> dict[str, str]:
     return out
 
 
+def field_defaults(config: Any) -> dict[str, Any]:
+    """The class defaults of a config dataclass, read from its fields (building a second TrainingArguments would
+    reset accelerate's process-wide state under a live trainer)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = getattr(value, "value", value)  # enums as to_dict() writes them
+    return out
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equal, or both unset: ``__post_init__`` turns some None defaults into False or [] (e.g. report_to, debug)."""
+
+    def unset(x: Any) -> bool:
+        return x is None or x is False or (isinstance(x, (str, list, dict)) and not x)
+
+    return value == default or (unset(value) and unset(default))
+
+
 def hyperparameters(config: Any) -> dict[str, Any]:
     """:data:`KEY_ARGUMENTS` plus every other argument of ``config`` that differs from its class defaults."""
     if config is None:
         return {}
     values = config.to_dict()
-    from accelerate.state import AcceleratorState, PartialState
-
-    # Building TrainingArguments resets accelerate's process-wide state, which a live trainer still uses: restore it.
-    shared = [(cls, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState)]
-    try:  # the budget needs *some* memory bound to validate; memory_size is listed anyway
-        defaults = type(config)(output_dir=config.output_dir, memory_size=1).to_dict()
-    except (TypeError, ValueError):
-        defaults = values
-    finally:
-        for cls, state in shared:
-            cls._shared_state.clear()
-            cls._shared_state.update(state)
+    defaults = field_defaults(config)
     skip = {k for k in values if k in _SKIP_ARGUMENTS or k.startswith(_SKIP_PREFIXES) or k.endswith("_token")}
-    keep = {k: v for k, v in values.items() if k in KEY_ARGUMENTS or (v != defaults.get(k) and k not in skip)}
+    keep = {
+        k: v
+        for k, v in values.items()
+        if k in KEY_ARGUMENTS or (k in defaults and not _same(v, defaults[k]) and k not in skip)
+    }
     return dict(sorted(keep.items()))
 
 

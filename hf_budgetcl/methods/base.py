@@ -1,20 +1,26 @@
-"""The plug-in shape of a continual-learning method.
+"""The plug-in contract of a continual-learning method.
 
 A method says how a training batch is composed (how much comes from the latest stream arrivals, and which memory
-slots are retrieved), what it adds to the loss, which extra state it keeps (charged to the memory budget in bytes)
-and which extra work it does per iteration (charged to the FLOPs ledger). Freezing is chosen by ``freeze``.
+slots are retrieved), what it adds to the loss, what it learns from each training forward, which extra state it keeps
+(charged to the memory budget in bytes) and which extra work it does (charged to the FLOPs ledger through
+:meth:`MethodContext.charge <hf_budgetcl.methods.context.MethodContext.charge>`).
 
-Two hooks make room for methods with side information (DER++/X-DER logits, REMIND features, MEMO extractors, OCS or
-LiDER statistics) without reshaping the trainer:
+Every hook that needs the run receives a :class:`~hf_budgetcl.methods.context.MethodContext`, never the trainer.
+The hooks, in the order they run:
 
-* :meth:`ContinualMethod.setup` runs once, before the memory budget is computed, with the trainer at hand (model,
-  blocks, dataset, collator): a method hooks modules or adds callbacks there;
-* :meth:`ContinualMethod.slot_bytes` says what one memory slot costs: the stored sample plus per-slot side
-  information, or a compressed replacement of the sample. The replay memory's byte capacity is filled with these, so
-  a method that stores more per slot gets fewer slots under the same total byte budget.
+* :meth:`ContinualMethod.setup`: once, before the memory budget is computed (hook modules, add callbacks);
+* :meth:`ContinualMethod.slot_bytes`: what one memory slot costs, so a method that stores more per slot (logits,
+  compressed features) gets fewer slots under the same byte budget;
+* :meth:`ContinualMethod.retrieve` / :meth:`ContinualMethod.on_retrieved`: in the stream sampler, identically on
+  every rank, when a batch is composed;
+* :meth:`ContinualMethod.refine_batch`: in the training step, before the forward; may replace the batch's memory
+  rows with a choice that needs the model (MIR);
+* :meth:`ContinualMethod.observe` then :meth:`ContinualMethod.extra_loss`: after the forward of a real training
+  pass only (not the profiler's measurement pass, not evaluation).
 
-Hyper-parameters come from :meth:`ContinualMethod.option`: an explicit keyword, else the config's ``method_options``
-("key=value,key=value"), else a config field of that name, else the method's default.
+Hyper-parameters are an ``Options`` dataclass (:mod:`hf_budgetcl.methods.options`); ``self.options`` holds the
+filled instance. ``freeze`` is the method's default freezing mode; ``required_freeze``, when set (by the class or in
+``setup``), is the only mode the method can run with, and a different ``--freeze`` is refused.
 """
 
 from __future__ import annotations
@@ -24,21 +30,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from .options import MethodOptions, build_options
+
 if TYPE_CHECKING:
     from ..stream.memory import EpisodicMemory
-
-
-def parse_method_options(text: str | None) -> dict[str, str]:
-    """``"a=1,b=x"`` -> ``{"a": "1", "b": "x"}`` (values are cast by :meth:`ContinualMethod.option`)."""
-    out: dict[str, str] = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"method_options: expected key=value pairs separated by commas, got {item.strip()!r}")
-        out[key.strip()] = value.strip()
-    return out
+    from ..stream.sampler import BatchRecord
+    from .context import MethodContext
 
 
 class ContinualMethod:
@@ -46,25 +43,15 @@ class ContinualMethod:
 
     name: ClassVar[str] = "base"
     stream_fraction: ClassVar[float] = 0.0  # share of each batch taken from the latest arrivals
-    freeze: ClassVar[str] = "none"  # "none" | "adaptive" | "static:<n>"; the config may override it
+    freeze: str = "none"  # default freezing mode: "none" | "adaptive" | "static:<n>" | "lisa[:<n>]"
+    required_freeze: str | None = None  # the only freezing mode the method can run with, if any
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
 
     def __init__(self, config: Any = None, **options: Any):
         self.config = config
-        self.options = {**parse_method_options(getattr(config, "method_options", None)), **options}
+        self.options = build_options(self.Options, self.name, config, options)
 
-    def option(self, key: str, default: Any) -> Any:
-        """Explicit option > ``method_options`` > config field > ``default``, cast to the default's type."""
-        value = self.options.get(key, getattr(self.config, key, default))
-        if default is None or value is None or isinstance(value, type(default)):
-            return value
-        if isinstance(default, bool):
-            return str(value).lower() in ("1", "true", "yes")
-        try:
-            return type(default)(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"method_options: {key} expects {type(default).__name__}, got {value!r}") from None
-
-    def setup(self, trainer: Any) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         """Called once by the trainer before the memory budget is computed (model, blocks and data are set)."""
 
     def slot_bytes(self, sample_nbytes: int) -> int:
@@ -88,13 +75,18 @@ class ContinualMethod:
         for s in slots:
             memory.use_counts[int(s)] += 1.0
 
-    def extra_loss(self, trainer: Any, model: torch.nn.Module, inputs: dict, outputs: Any) -> torch.Tensor | None:
+    def refine_batch(self, ctx: MethodContext, record: BatchRecord) -> BatchRecord | None:
+        """A replacement for the batch about to be trained, or None to train it as composed."""
+        return None
+
+    def observe(self, ctx: MethodContext, inputs: dict, outputs: Any) -> None:
+        """Learn from the forward of a real training pass (statistics, stored logits), before the loss is final."""
+
+    def extra_loss(self, ctx: MethodContext, inputs: dict, outputs: Any) -> torch.Tensor | None:
+        """A term added to the model's loss on a real training pass."""
         return None
 
     def extra_state_bytes(self, model: torch.nn.Module, num_classes: int) -> dict[str, int]:
-        return {}
-
-    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,27 +94,3 @@ class ContinualMethod:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
-
-
-def collate_rows(trainer: Any, indices: Any) -> dict:
-    """The model inputs of dataset rows ``indices``, collated and on the training device."""
-    rows = [trainer.train_dataset[int(i)] for i in indices]
-    return {k: v.to(trainer.args.device) if hasattr(v, "to") else v for k, v in trainer.data_collator(rows).items()}
-
-
-def local_positions(trainer: Any, batch_rows: int, local_rows: int) -> np.ndarray:
-    """Positions in the global batch of this process's ``local_rows`` rows (each rank holds a contiguous shard)."""
-    rank = getattr(getattr(trainer, "accelerator", None), "process_index", 0)
-    world = getattr(trainer, "world_size", 1)
-    start = rank * batch_rows // world
-    return np.arange(start, start + local_rows)
-
-
-def is_training_pass(trainer: Any, model: torch.nn.Module) -> bool:
-    """A real training forward (not the profiler's measurement pass, nor evaluation) with a batch record."""
-    profiler = getattr(trainer, "profiler", None)
-    return (
-        model.training
-        and not getattr(profiler, "measuring", False)
-        and getattr(trainer, "current_record", None) is not None
-    )

@@ -17,14 +17,17 @@ FlopCounterMode) and charged by hand as item ``derpp_loss`` (:func:`derpp_loss_f
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import is_training_pass, local_positions
+from ..models.heads import logits_of
+from ..utils.errors import ConfigError
 from .er import ER
+from .options import MethodOptions
 
 LOGIT_BYTES = 4  # float32
 
@@ -51,43 +54,49 @@ def derpp_loss_flops(rows_with_logits: int, rows: int, num_classes: int) -> floa
     return float(5 * rows_with_logits * num_classes + 6 * rows * num_classes)
 
 
+@dataclass
+class DERPPOptions(MethodOptions):
+    derpp_alpha: float = field(default=0.1, metadata={"help": "Weight of the logit-matching term."})
+    derpp_beta: float = field(default=0.5, metadata={"help": "Weight of the replayed-label term."})
+
+
 class DERPP(ER):
     name = "derpp"
+    Options = DERPPOptions
 
     def __init__(self, config: Any = None, **options: Any):
         super().__init__(config, **options)
-        self.alpha = self.option("derpp_alpha", 0.1)
-        self.beta = self.option("derpp_beta", 0.5)
+        self.alpha, self.beta = self.options.derpp_alpha, self.options.derpp_beta
         self.num_classes = 0  # logits per slot, set in setup
         self.stored: dict[int, np.ndarray] = {}  # dataset index -> float32 logits
-        self.pending_flops = 0.0
 
-    def setup(self, trainer: Any) -> None:
-        num_labels = getattr(getattr(trainer.model, "config", None), "num_labels", None)
-        self.num_classes = int(num_labels or len(np.unique(trainer.stream.labels)))
-        self._trainer = trainer
+    def setup(self, ctx) -> None:
+        self.num_classes = ctx.num_classes
 
     def slot_bytes(self, sample_nbytes: int) -> int:
         return int(sample_nbytes) + LOGIT_BYTES * self.num_classes
 
-    def extra_loss(self, trainer: Any, model: torch.nn.Module, inputs: dict, outputs: Any) -> torch.Tensor | None:
-        if not is_training_pass(trainer, model):
-            return None
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    def observe(self, ctx, inputs: dict, outputs: Any) -> None:
+        """Store the logits of every trained stream row whose sample is in memory (gathered: every rank keeps the
+        same store), and forget those of evicted samples."""
+        logits = logits_of(outputs)
         if logits.dim() != 2:
-            raise ValueError("derpp: needs classification logits (N, C)")
-        record = trainer.current_record
-        slots = np.asarray(record.slots)
-        indices = np.asarray(record.indices)
-        # Store the logits of every trained stream row (gathered: every rank keeps the same store).
-        all_logits = trainer.accelerator.gather(logits.detach()).float().cpu().numpy()
-        in_memory = set(trainer.memory.indices)
+            raise ConfigError("derpp: needs classification logits (N, C)")
+        record = ctx.record
+        slots, indices = np.asarray(record.slots), np.asarray(record.indices)
+        all_logits = ctx.gather(logits.detach()).float().cpu().numpy()
+        in_memory = set(ctx.memory.indices)
         for pos in np.flatnonzero(slots == -1):
             if int(indices[pos]) in in_memory:
                 self.stored[int(indices[pos])] = all_logits[pos].copy()
-        self.stored = {k: v for k, v in self.stored.items() if k in in_memory}  # forget evicted samples' logits
-        # Loss terms on this process's replayed rows.
-        positions = local_positions(trainer, len(slots), logits.shape[0])
+        self.stored = {k: v for k, v in self.stored.items() if k in in_memory}
+
+    def extra_loss(self, ctx, inputs: dict, outputs: Any) -> torch.Tensor | None:
+        """The logit and label terms on this process's replayed rows."""
+        logits = logits_of(outputs)
+        record = ctx.record
+        slots, indices = np.asarray(record.slots), np.asarray(record.indices)
+        positions = ctx.local_positions(logits.shape[0])
         replay = np.flatnonzero(slots[positions] != -1)
         if replay.size == 0:
             return None
@@ -95,7 +104,8 @@ class DERPP(ER):
         has = torch.tensor([r in self.stored for r in rows], device=logits.device)
         target = torch.from_numpy(np.stack([self.stored.get(r, np.zeros(logits.shape[1], np.float32)) for r in rows]))
         labels = inputs["labels"][torch.as_tensor(replay, device=logits.device)]
-        self.pending_flops += derpp_loss_flops(int(has.sum()), replay.size, logits.shape[1])
+        flops = derpp_loss_flops(int(has.sum()), replay.size, logits.shape[1])
+        ctx.charge("derpp_loss", flops, on_every_rank=True)
         return derpp_loss(
             logits[torch.as_tensor(replay, device=logits.device)],
             labels,
@@ -104,10 +114,6 @@ class DERPP(ER):
             self.alpha,
             self.beta,
         )
-
-    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
-        out, self.pending_flops = self.pending_flops * getattr(trainer, "world_size", 1), 0.0
-        return {"derpp_loss": out}
 
     def state_dict(self) -> dict[str, Any]:
         keys = sorted(self.stored)

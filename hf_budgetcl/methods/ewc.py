@@ -17,14 +17,15 @@ the paper counts "EWC: - 2 models"). Their work is element-wise, not counted by 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .base import is_training_pass
 from .er import ER
+from .options import MethodOptions
 
 
 def fisher_update(fisher: torch.Tensor, grad: torch.Tensor, ema: float) -> torch.Tensor:
@@ -48,67 +49,68 @@ def ewc_flops(penalty_elements: int, fisher_elements: int) -> float:
     return float(7 * penalty_elements + 4 * fisher_elements)
 
 
+@dataclass
+class EWCOptions(MethodOptions):
+    ewc_lambda: float = field(default=100.0, metadata={"help": "Weight lambda of the quadratic penalty."})
+    ewc_fisher_ema: float = field(default=0.1, metadata={"help": "EMA ratio of the running diagonal Fisher."})
+
+
 class _FisherCallback(TrainerCallback):
-    def __init__(self, method: EWC):
+    def __init__(self, method: EWC, ctx: Any):
         self.method = method
+        self.ctx = ctx
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.method.update_fisher()
+        self.method.update_fisher(self.ctx)
         return control
 
 
 class EWC(ER):
     name = "ewc"
+    Options = EWCOptions
 
     def __init__(self, config: Any = None, **options: Any):
         super().__init__(config, **options)
-        self.lam = self.option("ewc_lambda", 100.0)
-        self.fisher_ema = self.option("ewc_fisher_ema", 0.1)
+        self.lam, self.fisher_ema = self.options.ewc_lambda, self.options.ewc_fisher_ema
         self.params: list[torch.nn.Parameter] = []
         self.fisher: list[torch.Tensor] = []
         self.anchor: list[torch.Tensor] | None = None
         self.seen_classes: set[int] = set()
         self.anchors_taken = 0
-        self.pending_flops = 0.0
 
-    def setup(self, trainer: Any) -> None:
-        self.params = [p for p in trainer.model.parameters() if p.requires_grad]
+    def setup(self, ctx) -> None:
+        self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         self.fisher = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
-        trainer.add_callback(_FisherCallback(self))
+        ctx.add_callback(_FisherCallback(self, ctx))
 
-    def extra_loss(self, trainer: Any, model: torch.nn.Module, inputs: dict, outputs: Any) -> torch.Tensor | None:
-        if not is_training_pass(trainer, model):
-            return None
-        record = trainer.current_record
-        stream_labels = {int(y) for y, s in zip(record.labels, record.slots) if s == -1}
-        new = stream_labels - self.seen_classes
-        if new and self.seen_classes:  # a new class arrives: what was learnt so far becomes the anchor
+    def observe(self, ctx, inputs: dict, outputs: Any) -> None:
+        """A stream row of a class not seen before: what was learnt so far becomes the anchor."""
+        record = ctx.record
+        new = {int(y) for y, s in zip(record.labels, record.slots) if s == -1} - self.seen_classes
+        if new and self.seen_classes:
             self.anchor = [p.detach().float().clone() for p in self.params]
             self.anchors_taken += 1
         self.seen_classes |= new
+
+    def extra_loss(self, ctx, inputs: dict, outputs: Any) -> torch.Tensor | None:
         if self.anchor is None:
             return None
-        n = sum(p.numel() for p in self.params)
-        self.pending_flops += ewc_flops(n, 0)
+        # Replicated on every rank. The Fisher update of a step runs after the step's charge (in
+        # on_pre_optimizer_step) and is booked with the next one.
+        ctx.charge("ewc", ewc_flops(sum(p.numel() for p in self.params), 0), on_every_rank=True)
         return ewc_penalty(self.params, self.fisher, self.anchor, self.lam)
 
-    def update_fisher(self) -> None:
+    def update_fisher(self, ctx) -> None:
         updated = 0
         for k, p in enumerate(self.params):
             if p.grad is not None and torch.isfinite(p.grad).all():
                 self.fisher[k] = fisher_update(self.fisher[k], p.grad, self.fisher_ema)
                 updated += p.numel()
-        self.pending_flops += ewc_flops(0, updated)
+        ctx.charge("ewc", ewc_flops(0, updated), on_every_rank=True)
 
     def extra_state_bytes(self, model: torch.nn.Module, num_classes: int) -> dict[str, int]:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return {"ewc_fisher_and_anchor": 2 * 4 * int(n)}  # float32 F and theta*
-
-    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
-        """Charged when the step closes: the penalty of this step and the Fisher update of the previous one (the
-        update runs after the charge, in on_pre_optimizer_step). Replicated on every rank."""
-        out, self.pending_flops = self.pending_flops * getattr(trainer, "world_size", 1), 0.0
-        return {"ewc": out}
 
     def state_dict(self) -> dict[str, Any]:
         return {

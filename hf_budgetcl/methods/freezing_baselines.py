@@ -7,21 +7,29 @@ The policies themselves live with the other freezing policies (``freeze: static:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 from .er import ER
+from .options import MethodOptions
+
+
+@dataclass
+class ERStaticOptions(MethodOptions):
+    static_frozen_blocks: int | None = field(
+        default=None, metadata={"help": "Blocks always frozen (default: half of them, rounded down, at least one)."}
+    )
 
 
 class ERStatic(ER):
-    """ER with the first ``static_frozen_blocks`` blocks always frozen (default: half of the blocks, rounded down,
-    at least one)."""
+    """ER with the first ``static_frozen_blocks`` blocks always frozen."""
 
     name = "er+static"
     freeze = "static:1"
+    Options = ERStaticOptions
 
-    def setup(self, trainer: Any) -> None:
-        n = self.option("static_frozen_blocks", max(len(trainer.blocks) // 2, 1))
-        self.freeze = f"static:{n}"
+    def setup(self, ctx) -> None:
+        n = self.options.static_frozen_blocks
+        self.freeze = f"static:{max(len(ctx.blocks) // 2, 1) if n is None else n}"
 
 
 class ERLisa(ER):

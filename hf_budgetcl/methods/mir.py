@@ -17,14 +17,19 @@ the virtual parameters ``theta'`` are one copy of the trainable parameters (extr
 the paper counts MIR ("- 1 model"). With ``budget_matching`` the higher cost per iteration gives MIR fewer iterations
 than ER.
 
-The probe runs in the sampler, when the batch is composed: model in train mode as the real step, BatchNorm
-statistics and the RNG restored afterwards, parameter ``.grad`` untouched (``torch.autograd.grad``), candidates
-scored under ``no_grad`` with ``torch.func.functional_call``. While the memory holds no more slots than the replay
-half needs, there is nothing to choose: the draw is uniform and nothing is charged.
+The sampler only draws the candidates (the first ``n`` stand in for the replay half while the batch is composed); the
+probe runs in the training step, just before the forward (:meth:`MIR.refine_batch`), which then trains the stream
+part plus the chosen candidates: model in train mode as the real step, BatchNorm statistics and the RNG restored
+afterwards, parameter ``.grad`` untouched (``torch.autograd.grad``), candidates scored under ``no_grad`` with
+``torch.func.functional_call``. While the memory holds no more slots than the replay half needs, there is nothing to
+choose: the draw is uniform and nothing is charged.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,9 +37,20 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..accounting.flops import _side_effect_free
-from .base import collate_rows
+from ..models.heads import logits_of
+from ..utils.errors import ConfigError
 from .er import ER
+from .options import MethodOptions
+
+
+@dataclass
+class MIROptions(MethodOptions):
+    mir_candidates: int = field(default=50, metadata={"help": "Memory slots scored per batch (mir_cands)."})
+    mir_virtual_lr: float = field(default=0.1, metadata={"help": "SGD step of the virtual update."})
+
+    def validate(self) -> None:
+        if self.mir_candidates < 1 or self.mir_virtual_lr <= 0:
+            raise ConfigError("method_options: mir_candidates must be >= 1 and mir_virtual_lr > 0")
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -54,59 +70,70 @@ def select_most_interfered(loss_before: np.ndarray, loss_after: np.ndarray, n: i
     return np.argsort(-increase, kind="stable")[: max(int(n), 0)]
 
 
-def _logits(outputs: Any) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-
-
 class MIR(ER):
     name = "mir"
+    Options = MIROptions
 
     def __init__(self, config: Any = None, **options: Any):
         super().__init__(config, **options)
-        self.candidates = self.option("mir_candidates", 50)  # the reference code's mir_cands
-        self.virtual_lr = self.option("mir_virtual_lr", 0.1)  # SGD step of the original MIR code
-        self.pending_flops = 0.0
+        self.candidates = self.options.mir_candidates
+        self.virtual_lr = self.options.mir_virtual_lr
         self.probes = 0
-        self._trainer: Any = None
-        if self.candidates < 1 or self.virtual_lr <= 0:
-            raise ValueError("method_options: mir_candidates must be >= 1 and mir_virtual_lr > 0")
-
-    def setup(self, trainer: Any) -> None:
-        self._trainer = trainer
+        self._pending: deque[np.ndarray | None] = deque()  # per composed batch: its candidates, None if uniform
 
     def retrieve(self, memory, n: int, rng: np.random.Generator, samples_seen: int) -> np.ndarray:
         m = len(memory)
-        if n <= 0 or m <= n or self._trainer is None:  # nothing to choose: uniform (all of memory)
+        if n <= 0 or m <= n:  # nothing to choose: uniform (all of memory)
+            self._pending.append(None)
             return super().retrieve(memory, n, rng, samples_seen)
         candidates = rng.choice(m, size=min(self.candidates, m), replace=False)
-        if candidates.size <= n:
-            return candidates
-        before, after = self.interference(memory, candidates, samples_seen)
-        return candidates[select_most_interfered(before, after, n)]
+        self._pending.append(candidates if candidates.size > n else None)
+        return candidates[:n]  # placeholders until refine_batch has scored the candidates
 
-    def interference(self, memory, candidates: np.ndarray, samples_seen: int) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate losses before and after the virtual update on the latest arrivals; charges what ran."""
-        t = self._trainer
-        model = t.model
-        n_stream = min(self.stream_batch_size(t.global_batch_size), samples_seen)
-        stream_inputs = collate_rows(t, t.stream.indices[samples_seen - n_stream : samples_seen])
-        cand_inputs = collate_rows(t, [memory.indices[int(s)] for s in candidates])
+    def on_retrieved(self, memory, slots: np.ndarray) -> None:
+        if self._pending[-1] is None:  # final already; else counted when refine_batch has chosen
+            super().on_retrieved(memory, slots)
+
+    def refine_batch(self, ctx, record):
+        candidates = self._pending.popleft() if self._pending else None
+        if candidates is None:
+            return None
+        memory = ctx.memory
+        stream_part = [i for i, s in zip(record.indices, record.slots) if s == -1]
+        n_replay = len(record.indices) - len(stream_part)
+        before, after = self.interference(ctx, stream_part, candidates)
+        chosen = candidates[select_most_interfered(before, after, n_replay)]
+        super().on_retrieved(memory, chosen)
+        return dataclasses.replace(
+            record,
+            indices=(*stream_part, *(memory.indices[int(s)] for s in chosen)),
+            slots=(*[-1] * len(stream_part), *(int(s) for s in chosen)),
+            labels=(*record.labels[: len(stream_part)], *(memory.labels[int(s)] for s in chosen)),
+        )
+
+    def interference(self, ctx, stream_rows: list[int], candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate losses before and after the virtual update on the stream rows; charges what ran."""
+        model = ctx.model
+        stream_inputs = ctx.collate(stream_rows)
+        cand_inputs = ctx.collate([ctx.memory.indices[int(s)] for s in candidates])
         params = {k: p for k, p in model.named_parameters() if p.requires_grad}
         was_training = model.training
         model.train()
-        with _side_effect_free(model), torch.enable_grad():
+        with ctx.side_effect_free(), torch.enable_grad():
             loss = model(**stream_inputs).loss
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             with torch.no_grad():
                 virtual = {k: p if g is None else p - self.virtual_lr * g for (k, p), g in zip(params.items(), grads)}
                 labels = cand_inputs["labels"]
-                before = per_sample_loss(_logits(model(**cand_inputs)), labels)
-                after = per_sample_loss(_logits(functional_call(model, virtual, args=(), kwargs=cand_inputs)), labels)
+                before = per_sample_loss(logits_of(model(**cand_inputs)), labels)
+                after = per_sample_loss(
+                    logits_of(functional_call(model, virtual, args=(), kwargs=cand_inputs)), labels
+                )
         model.train(was_training)
         n_params = sum(p.numel() for p in params.values())
-        self.pending_flops += (
-            t.profiler.cost(stream_inputs).train_flops(0) + 2 * n_params + 2 * t.profiler.forward_flops(cand_inputs)
-        )
+        # Every rank runs the probe on the whole global stream part and candidates.
+        flops = ctx.train_flops(stream_inputs) + 2 * n_params + 2 * ctx.forward_flops(cand_inputs)
+        ctx.charge("mir_retrieval", flops, on_every_rank=True)
         self.probes += 1
         return before.cpu().numpy(), after.cpu().numpy()
 
@@ -115,13 +142,9 @@ class MIR(ER):
             "mir_virtual_model": int(sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad))
         }
 
-    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
-        """Every probe run since the last charge; every rank runs the sampler's probe, so world_size times."""
-        out, self.pending_flops = self.pending_flops * getattr(trainer, "world_size", 1), 0.0
-        return {"mir_retrieval": out}
-
     def state_dict(self) -> dict[str, Any]:
         return {"probes": self.probes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.probes = int(state.get("probes", 0))
+        self._pending.clear()  # the sampler's queued batches are cleared on resume as well

@@ -24,15 +24,16 @@ Codec work is charged by hand (item ``remind_codec``): quantisation 3 FLOPs per 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..accounting.flops import _side_effect_free
-from .base import collate_rows, is_training_pass, local_positions
+from ..utils.errors import ConfigError
 from .er import ER
+from .options import MethodOptions
 
 CODEC_BYTES_PER_SLOT = 8  # float32 offset and scale
 
@@ -58,8 +59,18 @@ class _StopForward(Exception):
     pass
 
 
+@dataclass
+class REMINDOptions(MethodOptions):
+    remind_frozen_blocks: int | None = field(
+        default=None, metadata={"help": "Blocks of the frozen prefix G (default: half of them, at least one)."}
+    )
+
+
 class REMIND(ER):
+    """Its prefix G must stay frozen, so the freezing mode is pinned: ``required_freeze = "static:<k>"``."""
+
     name = "remind"
+    Options = REMINDOptions
 
     def __init__(self, config: Any = None, **options: Any):
         super().__init__(config, **options)
@@ -68,14 +79,16 @@ class REMIND(ER):
         self.prefix_forward_per_row = 0.0
         self._probing = False
         self._last_cursor = 0
-        self._trainer: Any = None
+        self._ctx: Any = None
 
-    def setup(self, trainer: Any) -> None:
-        blocks, model = trainer.blocks, trainer.model
-        k = self.option("remind_frozen_blocks", max(len(blocks) // 2, 1))
+    def setup(self, ctx) -> None:
+        blocks, model = ctx.blocks, ctx.model
+        k = self.options.remind_frozen_blocks
+        k = max(len(blocks) // 2, 1) if k is None else k
         if not 1 <= k < len(blocks) or blocks.modules[k] is None:
-            raise ValueError(f"method_options: remind_frozen_blocks must be in [1, {len(blocks) - 1}], got {k}")
-        self.frozen_blocks, self.freeze, self._trainer = k, f"static:{k}", trainer
+            raise ConfigError(f"method_options: remind_frozen_blocks must be in [1, {len(blocks) - 1}], got {k}")
+        self.frozen_blocks, self._ctx = k, ctx
+        self.freeze = self.required_freeze = f"static:{k}"
         frozen = {id(p) for block in blocks.params[:k] for p in block}
         prefix = [m for m in model.modules() if any(id(p) in frozen for p in m.parameters(recurse=False))]
 
@@ -86,15 +99,15 @@ class REMIND(ER):
 
         model.register_forward_pre_hook(prefix_in_eval_mode)
         blocks.modules[k].register_forward_pre_hook(self._replace_replayed)
-        self._measure_prefix(trainer)
+        self._measure_prefix(ctx)
 
-    def _measure_prefix(self, trainer: Any) -> None:
+    def _measure_prefix(self, ctx) -> None:
         """Feature size and G's forward FLOPs per row, from one row whose forward stops at the block boundary."""
-        inputs = collate_rows(trainer, [trainer.stream.indices[0]])
+        inputs = ctx.collate([ctx.stream.indices[0]])
         self._probing = True
         try:
-            with _side_effect_free(trainer.model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-                trainer.model(**inputs)
+            with ctx.side_effect_free(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+                ctx.model(**inputs)
         except _StopForward:
             pass
         finally:
@@ -106,11 +119,11 @@ class REMIND(ER):
         if self._probing:
             self.feature_numel = int(x[0].numel())
             raise _StopForward
-        t = self._trainer
-        if not is_training_pass(t, t.model):
+        ctx = self._ctx
+        if not ctx.in_training_pass:
             return None
-        slots = np.asarray(t.current_record.slots)
-        replay = slots[local_positions(t, len(slots), x.shape[0])] != -1
+        slots = np.asarray(ctx.record.slots)
+        replay = slots[ctx.local_positions(x.shape[0])] != -1
         if not replay.any():
             return None
         rows = torch.as_tensor(np.flatnonzero(replay), device=x.device)
@@ -121,15 +134,13 @@ class REMIND(ER):
     def slot_bytes(self, sample_nbytes: int) -> int:
         return self.feature_numel + CODEC_BYTES_PER_SLOT
 
-    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
-        record = trainer.current_record
-        replayed = int(np.sum(np.asarray(record.slots) != -1)) if record is not None else 0
-        cursor = trainer.stream_sampler.cursor
+    def observe(self, ctx, inputs: dict, outputs: Any) -> None:
+        """Credit G's forward for the replayed rows (REMIND proper skips it) and charge the codec."""
+        replayed = int(np.sum(np.asarray(ctx.record.slots) != -1))
+        cursor = ctx.record.samples_seen
         arrivals, self._last_cursor = cursor - self._last_cursor, cursor
-        return {
-            "remind_replay_prefix_skipped": -replayed * self.prefix_forward_per_row,
-            "remind_codec": float(self.feature_numel * (3 * arrivals + 2 * replayed)),
-        }
+        ctx.charge("remind_replay_prefix_skipped", -replayed * self.prefix_forward_per_row)
+        ctx.charge("remind_codec", float(self.feature_numel * (3 * arrivals + 2 * replayed)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_cursor": self._last_cursor}

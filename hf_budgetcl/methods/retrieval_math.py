@@ -83,21 +83,16 @@ def similarity_ema_update(
     grads: np.ndarray,
     labels: Sequence[int] | np.ndarray,
     alpha: float,
-    coord_mask: Sequence[bool] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-sample EMA update of the class gradient statistics (section 8.3), samples in order.
 
-    For sample ``n`` of class ``y`` with gradient feature ``g_n``, restricted to the available
-    coordinates ``K`` (``coord_mask``; all when None -- with prefix freezing ``K`` is the trailing,
-    unfrozen part)::
+    For sample ``n`` of class ``y`` with gradient feature ``g_n``::
 
-        gbar_y[K] <- gbar_y[K] + alpha * (g_n[K] - gbar_y[K])
-        s_y       <- s_y + alpha * (cos(g_n[K], gbar_y[K]) - s_y)     # uses the just-updated gbar_y
-        a_y       <- a_y + alpha * (1 - a_y)                          # a_y = 1 - (1 - alpha)^{n_y}
+        gbar_y <- gbar_y + alpha * (g_n - gbar_y)
+        s_y    <- s_y + alpha * (cos(g_n, gbar_y) - s_y)     # uses the just-updated gbar_y
+        a_y    <- a_y + alpha * (1 - a_y)                    # a_y = 1 - (1 - alpha)^{n_y}
 
-    ``cos`` with a zero vector is 0. The cosine is taken over ``K`` only, as in the official code.
-    ``grads`` is ``(N, D)`` (entries outside ``K`` ignored) or ``(N, |K|)`` (already restricted).
-    Rows containing NaN/inf are skipped entirely. Callers clamp/unscale features beforehand.
+    ``cos`` with a zero vector is 0. ``grads`` is ``(N, D)``. Rows containing NaN/inf are skipped entirely. Callers clamp/unscale features beforehand.
     Returns new ``(class_mean (C, D), self_sim (C,), maturity (C,))``.
     """
     gbar = np.array(class_mean, dtype=np.float64, copy=True)
@@ -105,27 +100,13 @@ def similarity_ema_update(
     a = np.array(maturity, dtype=np.float64, copy=True).reshape(-1)
     G = np.asarray(grads, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    D = gbar.shape[1]
-    if G.ndim != 2 or G.shape[0] != y.size:
-        raise ValueError(f"grads must be (N, width) with N = {y.size}, got {G.shape}")
-    if coord_mask is None:
-        cols = np.arange(D)
-    else:
-        mask = np.asarray(coord_mask, dtype=bool).reshape(-1)
-        if mask.size != D:
-            raise ValueError(f"coord_mask has {mask.size} entries for D = {D}")
-        cols = np.flatnonzero(mask)
-    if G.shape[1] == D:
-        G = G[:, cols]
-    elif G.shape[1] != cols.size:
-        raise ValueError(f"grads width {G.shape[1]} matches neither D = {D} nor |K| = {cols.size}")
+    if G.ndim != 2 or G.shape != (y.size, gbar.shape[1]):
+        raise ValueError(f"grads must be (N, D) = ({y.size}, {gbar.shape[1]}), got {G.shape}")
     for g_n, c in zip(G, y):
         if not np.isfinite(g_n).all():
             continue
-        sub = gbar[c, cols]
-        sub = sub + alpha * (g_n - sub)
-        gbar[c, cols] = sub
-        s[c] += alpha * (_cos(g_n, sub) - s[c])
+        gbar[c] = gbar[c] + alpha * (g_n - gbar[c])
+        s[c] += alpha * (_cos(g_n, gbar[c]) - s[c])
         a[c] += alpha * (1.0 - a[c])
     return gbar, s, a
 

@@ -17,7 +17,7 @@ Bookkeeping, all in the sampler (so it runs identically on every rank):
   reference code's behaviour, algorithm reference section 8.1): a class's count records how much it was rehearsed,
   not how many of its samples are stored.
 
-Class similarity (training step, :meth:`SAR.extra_loss`): per-sample gradient features taken analytically from the
+Class similarity (training step, :meth:`SAR.observe`): per-sample gradient features taken analytically from the
 last layer. For a linear head ``z = W h + b`` and cross-entropy, ``dL_n / dW[c, d] = (softmax(z_n) - onehot(y_n))_c
 h_{n,d}``; only a fixed seeded subset of ``similarity_coords`` entries ``(c, d)`` is formed (no backward, no per-sample
 gradient of the whole network), clamped to [-1, 1] and fed to the per-class EMAs
@@ -32,13 +32,17 @@ the batch of step ``t`` is drawn after step ``t - 1`` has updated ``S`` and the 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..models.heads import find_head, logits_of
+from ..utils.errors import ConfigError
 from .base import ContinualMethod
+from .options import MethodOptions
 from .retrieval_math import (
     add_uses,
     class_balanced_draw,
@@ -51,28 +55,29 @@ from .retrieval_math import (
     similarity_ema_update,
 )
 
-_DEFAULTS = {
-    "sar_temperature": 0.125,  # ex.sh (config default 2)
-    "sar_decay_k": 4.0,  # ex.sh (config default 2)
-    "sar_warmup_samples": 50,  # corr_warm_up
-    "sar_scale_by_memory": True,  # official code: max(0, c_hat / |M|); T = 0.125 was tuned on this scale
-    "similarity_ema": 0.001,  # alpha of the reference code (used for every image dataset)
-    "similarity_coords": 64,  # fixed total instead of the reference's floor(1e-4 numel) per layer (pitfall 7)
-    "seed": 0,
-}
 
+@dataclass
+class SAROptions(MethodOptions):
+    sar_temperature: float = field(default=0.125, metadata={"help": "Retrieval softmax temperature T (ex.sh)."})
+    sar_decay_k: float = field(
+        default=4.0, metadata={"help": "Use counts decay by 1 - B / (k |M|) per iteration (ex.sh: k = 4)."}
+    )
+    sar_warmup_samples: int = field(
+        default=50, metadata={"help": "Class-balanced retrieval before this many arrivals."}
+    )
+    sar_scale_by_memory: bool = field(
+        default=True, metadata={"help": "Use max(0, c_hat / |M|) as the official code (the scale T was tuned on)."}
+    )
+    similarity_ema: float = field(default=0.001, metadata={"help": "EMA ratio of the class gradient statistics."})
+    similarity_coords: int = field(
+        default=64,
+        metadata={"help": "Fixed random head-gradient coordinates per sample (not floor(1e-4 numel), pitfall 7)."},
+    )
 
-def find_head(model: nn.Module, num_outputs: int) -> nn.Linear:
-    """The Linear mapping penultimate features to the logits (same search as freezing's ``_head_weight``)."""
-    base = getattr(model, "module", model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if isinstance(out, nn.Linear) and out.out_features == num_outputs:
-        return out
-    linears = [m for m in base.modules() if isinstance(m, nn.Linear) and m.out_features == num_outputs]
-    if not linears:
-        raise ValueError(f"sar: no output layer with {num_outputs} outputs found")
-    return linears[-1]
+    def validate(self) -> None:
+        for name in ("sar_temperature", "sar_decay_k", "similarity_ema", "similarity_coords"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def head_gradient_features(
@@ -94,19 +99,14 @@ class SAR(ContinualMethod):
     name = "sar"
     stream_fraction = 0.0
 
+    Options = SAROptions
+
     def __init__(self, config: Any = None, **options: Any):
-        super().__init__(**options)
-
-        def opt(key: str) -> Any:  # explicit option > config field > default
-            return options.get(key, getattr(config, key, _DEFAULTS[key]))
-
-        self.temperature = float(opt("sar_temperature"))
-        self.decay_k = float(opt("sar_decay_k"))
-        self.warmup_samples = int(opt("sar_warmup_samples"))
-        self.scale_by_memory = bool(opt("sar_scale_by_memory"))
-        self.alpha = float(opt("similarity_ema"))
-        self.n_coords = int(opt("similarity_coords"))
-        self.seed = int(opt("seed"))
+        super().__init__(config, **options)
+        o = self.options
+        self.temperature, self.decay_k, self.warmup_samples = o.sar_temperature, o.sar_decay_k, o.sar_warmup_samples
+        self.scale_by_memory, self.alpha, self.n_coords = o.sar_scale_by_memory, o.similarity_ema, o.similarity_coords
+        self.seed = int(getattr(config, "seed", 0))  # the coordinates are drawn with the run's seed
         # Per-class state, indexed by label id and grown when a larger label appears.
         self.class_counts = np.zeros(0)  # U
         self.known = np.zeros(0, dtype=bool)  # classes introduced so far
@@ -116,11 +116,23 @@ class SAR(ContinualMethod):
         self.S = np.zeros((0, 0))
         self.coords: np.ndarray | None = None  # (K, 2): (class row, feature column) of the head weight
         self.similarity_updates = 0  # samples fed to the similarity EMAs
-        self.pending_flops: dict[str, float] = {"sar_retrieval": 0.0, "sar_features": 0.0, "sar_similarity": 0.0}
         self._head: nn.Module | None = None
         self._num_outputs = 0
         self._features: torch.Tensor | None = None
         self._warned_token_logits = False
+        self._ctx: Any = None
+
+    def setup(self, ctx) -> None:
+        """Find the head on the model's first forward (the profiler's measurement, before any training step), when
+        the width of the logits is known."""
+        self._ctx = ctx
+
+        def attach_on_first_forward(module: nn.Module, args: tuple, output: Any) -> None:
+            handle.remove()
+            if self._head is None:
+                self._attach(ctx.model, logits_of(output).shape[-1])
+
+        handle = ctx.model.register_forward_hook(attach_on_first_forward)
 
     # ---- per-class arrays -------------------------------------------------------------------------------------
     def _grow(self, n_classes: int) -> None:
@@ -166,7 +178,8 @@ class SAR(ContinualMethod):
             # S @ U (2C^2), c_hat per slot (4), softmax (4: scale, exp, sum, normalise), sequential draw (2 |M| per
             # drawn slot: a cumulative sum and a search over the remaining mass).
             flops += 2 * c * c + 8 * m + 2 * min(n, m) * m
-        self.pending_flops["sar_retrieval"] += flops
+        if self._ctx is not None:  # the sampler runs on every rank
+            self._ctx.charge("sar_retrieval", flops, on_every_rank=True)
         return slots
 
     def on_retrieved(self, memory, slots: np.ndarray) -> None:
@@ -180,7 +193,7 @@ class SAR(ContinualMethod):
         try:
             self._head = find_head(model, num_outputs)
         except ValueError as err:  # e.g. a tied LM head: retrieval by use frequency only (S = 0), as for ViT
-            warnings.warn(f"{err}: class similarity disabled", stacklevel=2)
+            warnings.warn(f"sar: {err}: class similarity disabled", stacklevel=2)
             self._head = nn.Identity()  # marks the set-up as done; never hooked
             return
         self._head.register_forward_hook(self._capture)
@@ -195,10 +208,10 @@ class SAR(ContinualMethod):
     def _capture(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._features = args[0].detach()
 
-    def extra_loss(self, trainer: Any, model: nn.Module, inputs: dict, outputs: Any) -> None:
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        if self._head is None:  # set-up only, also during the profiler's first measurement pass
-            self._attach(model, logits.shape[-1])
+    def observe(self, ctx, inputs: dict, outputs: Any) -> None:
+        logits = logits_of(outputs)
+        if self._head is None:  # not set up through a trainer: the features of this forward are missed
+            self._attach(ctx.model, logits.shape[-1])
         h, self._features = self._features, None
         if logits.dim() != 2 and not self._warned_token_logits:
             self._warned_token_logits = True  # once per run, not per step
@@ -207,20 +220,11 @@ class SAR(ContinualMethod):
                 "sample, so it is off and retrieval uses the use frequencies only (S = 0)",
                 stacklevel=2,
             )
-        profiler = getattr(trainer, "profiler", None)
         labels = inputs.get("labels")
-        if (
-            getattr(profiler, "measuring", False)
-            or not model.training
-            or labels is None
-            or h is None
-            or logits.dim() != 2
-            or h.dim() != 2
-            or h.shape[0] != logits.shape[0]
-        ):
-            return None  # measurement pass, evaluation, or not a classifier head: no statistics
+        if labels is None or h is None or logits.dim() != 2 or h.dim() != 2 or h.shape[0] != logits.shape[0]:
+            return  # not a classifier head: no statistics
         if self.coords is None:  # similarity disabled
-            return None
+            return
         with torch.no_grad():
             # Logits and features are forward activations: under AMP they carry no loss scale, so nothing needs to
             # be unscaled (the reference clamps scaled gradients, pitfall 5). Cast to fp32 inside.
@@ -229,17 +233,13 @@ class SAR(ContinualMethod):
             g = head_gradient_features(logits.detach(), h, labels, rows, cols)
             # Each rank holds its shard of the global batch: gather so every rank applies the same update in the
             # same (global batch) order and S stays identical across ranks.
-            g, labels = trainer.accelerator.gather((g, labels.detach()))
-        self.update_similarity(
-            g.cpu().numpy(),
-            labels.cpu().numpy(),
-            local_rows=logits.shape[0],
-            world_size=getattr(trainer, "world_size", 1),
-        )
-        return None
+            g, labels = ctx.gather((g, labels.detach()))
+        for item, flops in self.update_similarity(g.cpu().numpy(), labels.cpu().numpy(), ctx.world_size).items():
+            ctx.charge(item, flops)
 
-    def update_similarity(self, g: np.ndarray, labels: np.ndarray, local_rows: int = 0, world_size: int = 1) -> None:
-        """Feed per-sample features ``g`` (N, K) of classes ``labels`` to the class EMAs, then rebuild ``S``."""
+    def update_similarity(self, g: np.ndarray, labels: np.ndarray, world_size: int = 1) -> dict[str, float]:
+        """Feed per-sample features ``g`` (N, K) of classes ``labels`` to the class EMAs, then rebuild ``S``;
+        returns the FLOPs of that work per ledger item (all ranks together)."""
         keep = labels >= 0  # -100: ignored rows
         g, labels = g[keep], labels[keep].astype(np.int64)
         self._introduce(labels)
@@ -249,11 +249,13 @@ class SAR(ContinualMethod):
         self.S = class_similarity(self.class_mean, self.self_sim, self.maturity)
         self.similarity_updates += int(labels.size)
         n, (c, k) = int(labels.size), self.class_mean.shape
-        # Features: softmax (3 per logit) + subtract and multiply per coordinate; each rank forms its shard's rows.
-        self.pending_flops["sar_features"] += n * (3 * self._num_outputs + 2 * k)
-        # EMAs per sample: gbar (3K), cos(g, gbar) (6K), s and a (6); S: row norms and normalisation (3CK), Gram
-        # matrix (2C^2K), weights (3C^2). Replicated on every rank.
-        self.pending_flops["sar_similarity"] += world_size * (n * (9 * k + 6) + 3 * c * k + 2 * c * c * k + 3 * c * c)
+        return {
+            # Features: softmax (3 per logit) + subtract and multiply per coordinate; each rank forms its shard's rows.
+            "sar_features": float(n * (3 * self._num_outputs + 2 * k)),
+            # EMAs per sample: gbar (3K), cos(g, gbar) (6K), s and a (6); S: row norms and normalisation (3CK), Gram
+            # matrix (2C^2K), weights (3C^2). Replicated on every rank.
+            "sar_similarity": float(world_size * (n * (9 * k + 6) + 3 * c * k + 2 * c * c * k + 3 * c * c)),
+        }
 
     # ---- accounting -------------------------------------------------------------------------------------------
     def extra_state_bytes(self, model: nn.Module, num_classes: int) -> dict[str, int]:
@@ -261,14 +263,6 @@ class SAR(ContinualMethod):
         (Per-slot counts u live in the memory, as for every method.)"""
         c, k = int(num_classes), self.n_coords
         return {"sar_statistics": 8 * (c + c * c + c * k + 2 * c) + 8 * 2 * k}
-
-    def extra_flops_per_iteration(self, trainer: Any, batch_size: int) -> dict[str, float]:
-        """Everything SAR ran since the last charge (this step's retrieval and similarity update; a skipped
-        non-finite step's work carries over). Retrieval runs in the sampler on every rank: charged world_size times."""
-        world = getattr(trainer, "world_size", 1)
-        out = {k: float(v) * (world if k == "sar_retrieval" else 1) for k, v in self.pending_flops.items()}
-        self.pending_flops = dict.fromkeys(self.pending_flops, 0.0)
-        return out
 
     # ---- checkpointing ----------------------------------------------------------------------------------------
     _STATE = (
@@ -280,12 +274,11 @@ class SAR(ContinualMethod):
         "S",
         "coords",
         "similarity_updates",
-        "pending_flops",
     )
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in self._STATE}
-        return {k: (v.copy() if isinstance(v, (np.ndarray, dict)) else v) for k, v in state.items()}
+        return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k in self._STATE:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..utils.errors import ConfigError
+
 _LANGUAGE_MODEL_KEYS = ("language_model", "text_model")
 
 
@@ -104,7 +106,7 @@ def find_blocks(model: nn.Module) -> BlockPartition:
     candidate_roots = [m for n, m in base.named_modules() if n.split(".")[-1] in _LANGUAGE_MODEL_KEYS]
     lists = [lst for root in (candidate_roots or [base]) for lst in _find_block_lists(root)]
     if not lists:
-        raise ValueError(f"could not find repeated blocks in {type(base).__name__}; pass the blocks explicitly")
+        raise ConfigError(f"could not find repeated blocks in {type(base).__name__}; pass the blocks explicitly")
 
     def numel(lst: list[nn.Module]) -> int:
         return sum(p.numel() for m in lst for p in m.parameters())

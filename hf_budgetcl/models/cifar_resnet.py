@@ -22,6 +22,8 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
+from ..utils.errors import ConfigError
+
 __all__ = ["BasicBlock", "CifarResNetConfig", "CifarResNetForImageClassification", "CifarResNetPreTrainedModel"]
 
 
@@ -49,7 +51,7 @@ class CifarResNetConfig(PreTrainedConfig):
         # lists, so a config compares equal to itself after a JSON round trip
         self.widths, self.strides, self.depths = list(self.widths), list(self.strides), list(self.depths)
         if not (len(self.widths) == len(self.strides) == len(self.depths)) or not self.widths:
-            raise ValueError(
+            raise ConfigError(
                 f"widths, strides and depths need one entry per stage, got {self.widths}, {self.strides}, {self.depths}"
             )
         super().__post_init__(**kwargs)

@@ -17,6 +17,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from ..utils.errors import ConfigError
 from .cifar_resnet import CifarResNetConfig, CifarResNetForImageClassification
 
 __all__ = ["PRESETS", "build_image_classifier"]
@@ -90,7 +91,7 @@ def build_image_classifier(
         raise _load_error(model_name_or_path, err) from err
     have = getattr(config, "num_channels", num_channels)
     if have != num_channels:
-        raise ValueError(
+        raise ConfigError(
             f"{model_name_or_path!r} expects {have} input channels, data has {num_channels}; "
             f"use ImageCollator(channels={have}) and num_channels={have}"
         )

@@ -44,7 +44,8 @@ from transformers import (
 )
 from transformers.utils import find_adapter_config_file
 
-from hf_budgetcl.data.vlm_collator import Qwen2VLPadExpandingProcessor
+from ..data.vlm_collator import Qwen2VLPadExpandingProcessor
+from ..utils.errors import ConfigError
 
 BASE_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<image>")
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
@@ -197,7 +198,7 @@ def make_tiny_qwen2vl(
     """
     merge = 2
     if image_size % (patch_size * merge):
-        raise ValueError(f"image_size {image_size} must be a multiple of 2 * patch_size = {patch_size * merge}")
+        raise ConfigError(f"image_size {image_size} must be a multiple of 2 * patch_size = {patch_size * merge}")
     tok = train_bpe_tokenizer(
         [*corpus, "user assistant"], vocab_size=vocab_size, extra_special_tokens=QWEN_SPECIAL_TOKENS
     )
@@ -318,7 +319,7 @@ def load_vlm(
             qconfig = BitsAndBytesConfig(load_in_8bit=True)
             _silence_matmul8bit_cast_warning()
         else:
-            raise ValueError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
+            raise ConfigError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
         kwargs.update(quantization_config=qconfig, device_map="cpu")
     model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, **kwargs)
     return model, load_processor(model_name_or_path)

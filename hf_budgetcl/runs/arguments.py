@@ -13,9 +13,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-
-class ConfigError(ValueError):
-    """A configuration problem, reported as one line without a traceback."""
+from ..utils.errors import ConfigError
 
 
 def _yaml_to_argv(values: dict[str, Any]) -> list[str]:

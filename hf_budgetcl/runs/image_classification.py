@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import BudgetedCLConfig
 from ..stream.orders import StreamOrder, build_stream
+from ..utils.errors import ConfigError
 from .arguments import ConfigParser
 
 
@@ -91,7 +92,7 @@ def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> St
     domains = None
     if config.stream == "domain":
         if not data_args.domain_column or data_args.domain_column not in train.column_names:
-            raise ValueError(
+            raise ConfigError(
                 f"domain_column: a domain stream needs a time/domain column, got {data_args.domain_column!r}"
             )
         domains = np.asarray(train[data_args.domain_column])
@@ -110,7 +111,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     set_seed(config.seed)
     train, test = load_data(data_args)
     if "label" not in train.column_names:
-        raise ValueError(f"label_column: the dataset has no label column (columns: {', '.join(train.column_names)})")
+        raise ConfigError(f"label_column: the dataset has no label column (columns: {', '.join(train.column_names)})")
     train.info.dataset_name = data_args.dataset  # named in the model card and its model-index
     stream = make_stream(config, train, data_args)
     channels, height = np.asarray(train[0]["pixel_values"]).shape[:2]

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..config import BudgetedCLConfig
 from ..stream.orders import StreamOrder, build_stream
+from ..utils.errors import ConfigError
 from .arguments import ConfigParser
 
 TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")
@@ -120,7 +121,7 @@ def load_data(data_args: DataArguments, seed: int = 0):
             cut = max(len(train) // 5, 1)
             train, test = train.select(np.sort(order[cut:])), train.select(np.sort(order[:cut]))
         elif test_names != names:  # labels are indices into the sorted concept names: they must agree
-            raise ValueError(f"test_dataset: concepts {test_names} differ from the training concepts {names}")
+            raise ConfigError(f"test_dataset: concepts {test_names} differ from the training concepts {names}")
     train = _subset(train, data_args.max_train_questions, seed)
     return train, _subset(test, data_args.max_test_questions, seed + 1)
 
@@ -139,11 +140,11 @@ def make_stream(config: BudgetedCLConfig, labels: np.ndarray, data_args: DataArg
         },
     }.get(config.stream)
     if params is None:
-        raise ValueError(f"stream: '{config.stream}' is not supported by the VLM recipe (no domain column)")
+        raise ConfigError(f"stream: '{config.stream}' is not supported by the VLM recipe (no domain column)")
     if config.stream == "disjoint" and data_args.concept_order == "label":
         params["class_order"] = np.unique(labels)  # shapes, then colours, then yes/no for easy_vqa
     elif data_args.concept_order not in ("label", "random"):
-        raise ValueError(f"concept_order: expected label or random, got {data_args.concept_order!r}")
+        raise ConfigError(f"concept_order: expected label or random, got {data_args.concept_order!r}")
     return build_stream(config.stream, labels, seed, **params)
 
 
@@ -181,7 +182,7 @@ def prepare_model(model_args: ModelArguments, base_path: str):
 
     quant = None if model_args.quantization == "none" else model_args.quantization
     if quant is not None and (model_args.lora_r <= 0 or model_args.train_vision_tower):
-        raise ValueError(
+        raise ConfigError(
             "quantization: a bitsandbytes base cannot be trained itself; use lora_r > 0 and train_vision_tower false"
         )
     with warnings.catch_warnings():

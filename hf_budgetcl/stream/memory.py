@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..utils.errors import ConfigError
+
 
 class EpisodicMemory:
     """Class-balanced replay memory bounded by ``capacity_bytes`` (and optionally ``max_slots``).
@@ -23,7 +25,7 @@ class EpisodicMemory:
 
     def __init__(self, capacity_bytes: int, max_slots: int | None = None, seed: int = 0):
         if capacity_bytes <= 0:
-            raise ValueError(f"memory capacity must be positive, got {capacity_bytes} bytes")
+            raise ConfigError(f"memory capacity must be positive, got {capacity_bytes} bytes")
         self.capacity_bytes = int(capacity_bytes)
         self.max_slots = max_slots
         self.rng = np.random.default_rng(seed)

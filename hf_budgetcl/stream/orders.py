@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..utils.atomic import write_json_atomic
+from ..utils.errors import ConfigError
 
 STREAM_KINDS = ("disjoint", "gaussian", "si_blurry", "domain")
 _EPS = 1e-9  # guards floor(n * ratio) against float error (e.g. 100 * 0.29 = 28.999...)
@@ -73,7 +75,7 @@ class StreamOrder:
     def classes_seen(self, n_arrived: int) -> np.ndarray:
         """Sorted unique labels among the first ``n_arrived`` arrivals (0 <= n_arrived <= len(self))."""
         if not 0 <= n_arrived <= len(self):
-            raise ValueError(f"n_arrived must be in [0, {len(self)}], got {n_arrived}")
+            raise ConfigError(f"n_arrived must be in [0, {len(self)}], got {n_arrived}")
         return np.unique(self.labels[:n_arrived])
 
     def first_arrival(self) -> dict[int, int]:
@@ -94,16 +96,7 @@ class StreamOrder:
             ],
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        # tmp file in the same directory + os.replace: readers never see a half-written stream
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(path, data)  # readers never see a half-written stream
 
     @classmethod
     def from_json(
@@ -117,41 +110,45 @@ class StreamOrder:
         """
         where = f"stream file {os.fspath(path)}"
         if not os.path.isfile(path):
-            raise ValueError(f"{where} does not exist")
+            raise ConfigError(f"{where} does not exist")
         try:
             with open(path) as f:
                 data = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+            raise ConfigError(f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where} cannot be read: {e}") from None
+            raise ConfigError(f"{where} cannot be read: {e}") from None
         if not isinstance(data, dict) or not isinstance(data.get("stream"), list):
-            raise ValueError(f"{where} must hold a JSON object with a 'stream' list")
+            raise ConfigError(f"{where} must hold a JSON object with a 'stream' list")
         stream = data["stream"]
         if not stream:
-            raise ValueError(f"{where}: empty stream")
+            raise ConfigError(f"{where}: empty stream")
         if labels is not None:
             labels = np.asarray(labels)
             if num_rows is None:
                 num_rows = len(labels)
             elif num_rows != len(labels):
-                raise ValueError(f"{where}: num_rows={num_rows} but the label column has {len(labels)} rows")
+                raise ConfigError(f"{where}: num_rows={num_rows} but the label column has {len(labels)} rows")
         n = len(stream)
         idx, lab, tim = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.float64)
         for j, e in enumerate(stream):
             shown = repr(e)[:200]  # keep the message to one short line
             if not isinstance(e, dict) or not all(k in e for k in ("index", "label", "time")):
-                raise ValueError(f"{where}: entry {j} {shown} must be an object with 'index', 'label' and 'time'")
+                raise ConfigError(f"{where}: entry {j} {shown} must be an object with 'index', 'label' and 'time'")
             i, y, t = e["index"], e["label"], e["time"]
             if not _is_int(i) or not _is_int(y) or y < 0:
-                raise ValueError(f"{where}: entry {j} {shown} needs an integer index and a non-negative integer label")
+                raise ConfigError(
+                    f"{where}: entry {j} {shown} needs an integer index and a non-negative integer label"
+                )
             if isinstance(t, bool) or not isinstance(t, (int, float)):
-                raise ValueError(f"{where}: entry {j} {shown} has a non-numeric time")
+                raise ConfigError(f"{where}: entry {j} {shown} has a non-numeric time")
             if i < 0 or (num_rows is not None and i >= num_rows):
                 bound = f"[0, {num_rows})" if num_rows is not None else "[0, inf)"
-                raise ValueError(f"{where}: entry {j} {shown} has index {i} outside {bound}")
+                raise ConfigError(f"{where}: entry {j} {shown} has index {i} outside {bound}")
             if labels is not None and labels[i] != y:
-                raise ValueError(f"{where}: entry {j} {shown} has label {y} but dataset row {i} has label {labels[i]}")
+                raise ConfigError(
+                    f"{where}: entry {j} {shown} has label {y} but dataset row {i} has label {labels[i]}"
+                )
             idx[j], lab[j], tim[j] = i, y, t
         bounds = data.get("task_boundaries", [])
         if (
@@ -159,10 +156,10 @@ class StreamOrder:
             or not all(_is_int(b) and 0 <= b <= n for b in bounds)
             or bounds != sorted(bounds)
         ):
-            raise ValueError(f"{where}: task_boundaries must be a non-decreasing list of ints in [0, {n}]")
+            raise ConfigError(f"{where}: task_boundaries must be a non-decreasing list of ints in [0, {n}]")
         kind, params = data.get("kind", "json"), data.get("params", {})
         if not isinstance(kind, str) or not isinstance(params, dict):
-            raise ValueError(f"{where}: 'kind' must be a string and 'params' an object")
+            raise ConfigError(f"{where}: 'kind' must be a string and 'params' an object")
         return cls(idx, lab, tim, kind, params, tuple(bounds))
 
 
@@ -178,37 +175,37 @@ def _check_labels(labels: Any) -> np.ndarray:
     """Return the labels as a 1-D int64 array; integral floats are accepted, anything else is a ValueError."""
     y = np.asarray(labels)
     if y.size == 0:
-        raise ValueError("empty stream: the dataset has no rows")
+        raise ConfigError("empty stream: the dataset has no rows")
     if y.ndim != 1:
-        raise ValueError(f"labels must be a 1-D column, got shape {y.shape}")
+        raise ConfigError(f"labels must be a 1-D column, got shape {y.shape}")
     if y.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(bad):
-            raise ValueError(f"labels must be integers; row {bad[0]} has {y[bad[0]]!r}")
+            raise ConfigError(f"labels must be integers; row {bad[0]} has {y[bad[0]]!r}")
     elif y.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers, got dtype {y.dtype} (first value {y[0]!r})")
+        raise ConfigError(f"labels must be integers, got dtype {y.dtype} (first value {y[0]!r})")
     y = y.astype(np.int64)
     neg = np.flatnonzero(y < 0)
     if len(neg):
-        raise ValueError(f"labels must be non-negative; row {neg[0]} has {y[neg[0]]}")
+        raise ConfigError(f"labels must be non-negative; row {neg[0]} has {y[neg[0]]}")
     return y
 
 
 def _check_seed(seed: Any) -> int:
     if not _is_int(seed) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
 
 
 def _check_ratio(name: str, r: float) -> float:
     if isinstance(r, bool) or not isinstance(r, (int, float, np.floating)) or not 0.0 <= r <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {r!r}")
+        raise ConfigError(f"{name} must be in [0, 1], got {r!r}")
     return float(r)
 
 
 def _check_n_tasks(n_tasks: Any, n_classes: int) -> int:
     if not _is_int(n_tasks) or not 1 <= n_tasks <= n_classes:
-        raise ValueError(f"n_tasks must be an integer in [1, {n_classes}] (the number of classes), got {n_tasks!r}")
+        raise ConfigError(f"n_tasks must be an integer in [1, {n_classes}] (the number of classes), got {n_tasks!r}")
     return int(n_tasks)
 
 
@@ -257,7 +254,7 @@ def disjoint_stream(labels: Any, n_tasks: int, seed: int, class_order: Any = Non
     if class_order is not None:
         given = np.asarray(class_order)
         if given.ndim != 1 or len(given) != n or not np.array_equal(np.sort(given), classes):
-            raise ValueError(
+            raise ConfigError(
                 f"class_order must be a permutation of the {n} classes {classes.tolist()}, got {given.tolist()}"
             )
         order = given.astype(np.int64)
@@ -295,9 +292,9 @@ def gaussian_stream(labels: Any, sigma: float, seed: int, repeat: int = 1, init_
     """
     y = _check_labels(labels)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating)) or not sigma > 0:
-        raise ValueError(f"sigma must be > 0 (use disjoint_stream for the paper's sigma0), got {sigma!r}")
+        raise ConfigError(f"sigma must be > 0 (use disjoint_stream for the paper's sigma0), got {sigma!r}")
     if not _is_int(repeat) or repeat < 1:
-        raise ValueError(f"repeat must be an integer >= 1, got {repeat!r}")
+        raise ConfigError(f"repeat must be an integer >= 1, got {repeat!r}")
     iota = _check_ratio("init_cls", init_cls)
     classes = np.unique(y)
     n = len(classes)
@@ -403,13 +400,13 @@ def domain_stream(labels: Any, domains: Any, seed: int, domain_order: Any = None
     y = _check_labels(labels)
     d = np.asarray(domains)
     if d.ndim != 1 or len(d) != len(y):
-        raise ValueError(f"domains must be a 1-D column with one value per row ({len(y)}), got shape {d.shape}")
+        raise ConfigError(f"domains must be a 1-D column with one value per row ({len(y)}), got shape {d.shape}")
     uniq = np.unique(d)
     order = uniq
     if domain_order is not None:
         order = np.asarray(domain_order)
         if order.ndim != 1 or len(order) != len(uniq) or not np.array_equal(np.sort(order), uniq):
-            raise ValueError(
+            raise ConfigError(
                 f"domain_order must be a permutation of the domains {uniq.tolist()}, got {order.tolist()}"
             )
     rank = np.empty(len(uniq), np.int64)
@@ -430,8 +427,8 @@ def build_stream(kind: str, labels: Any, seed: int, domains: Any = None, **param
         return si_blurry_stream(labels, seed=seed, **params)
     if kind == "domain":
         if domains is None:
-            raise ValueError(
+            raise ConfigError(
                 "stream type 'domain' needs the dataset's time/domain column: pass domains=<that column's values>"
             )
         return domain_stream(labels, domains, seed=seed, **params)
-    raise ValueError(f"unknown stream type {kind!r}; choose one of: {', '.join(STREAM_KINDS)}")
+    raise ConfigError(f"unknown stream type {kind!r}; choose one of: {', '.join(STREAM_KINDS)}")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch.utils.data import Sampler
 
+from ..utils.errors import ConfigError
 from .memory import EpisodicMemory
 from .orders import StreamOrder
 
@@ -70,7 +71,7 @@ class OnlineStreamSampler(Sampler[list[int]]):
         world_size: int = 1,
     ):
         if online_iter <= 0:
-            raise ValueError(f"online_iter must be positive, got {online_iter}")
+            raise ConfigError(f"online_iter must be positive, got {online_iter}")
         self.stream = stream
         self.memory = memory
         self.method = method

@@ -26,9 +26,9 @@ class StreamControlCallback(TrainerCallback):
             if due:
                 trainer._pending_eval = due
                 control.should_evaluate = True
-        next_step = max(trainer.ledger.max_step_flops * trainer.world_size, trainer.max_charged_step_flops)
+        next_step = max(trainer.ledger.max_step_flops * trainer.world_size, trainer.progress.max_charged_step_flops)
         if math.isfinite(trainer.ledger.remaining) and not trainer.ledger.can_afford(next_step):
-            trainer.stop_reason = "flops_budget"
+            trainer.progress.stop_reason = "flops_budget"
             trainer.stream_sampler.stopped = True  # a run resumed from this step must not train further
             control.should_training_stop = True
         return control

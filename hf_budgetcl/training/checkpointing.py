@@ -20,29 +20,15 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..utils.atomic import write_json_atomic
+from ..utils.errors import ConfigError
+
 CL_STATE_NAME = "cl_state.json"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 class CheckpointSaveError(OSError):
     """Writing a checkpoint failed (e.g. the disk is full); the message names the last complete checkpoint."""
-
-
-def write_json_atomic(
-    path: str, value: Any, default: Callable[[Any], Any] | None = None, indent: int | None = None
-) -> None:
-    """Write ``value`` as JSON to ``path`` so that ``path`` is either the old file or the complete new one."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(value, f, default=default, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def is_complete_checkpoint(path: str) -> bool:
@@ -72,7 +58,7 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     if not os.path.isdir(path):
         raise FileNotFoundError(f"resume_from_checkpoint: {path} does not exist")
     if not is_complete_checkpoint(path):
-        raise ValueError(
+        raise ConfigError(
             f"resume_from_checkpoint: {path} is incomplete (no {CL_STATE_NAME}); "
             f"the newest complete one is {find_resumable_checkpoint(os.path.dirname(path) or '.')}"
         )
@@ -85,7 +71,7 @@ def read_cl_state(checkpoint: str) -> dict[str, Any]:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"resume_from_checkpoint: {path} is not valid JSON ({err.msg})") from None
+        raise ConfigError(f"resume_from_checkpoint: {path} is not valid JSON ({err.msg})") from None
 
 
 class ContinualStateCheckpoint(TrainerCallback):

@@ -16,13 +16,13 @@ Only public, overridable Trainer methods and callbacks are used:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -40,14 +40,17 @@ from ..accounting.ledger import FlopsLedger
 from ..accounting.memory_budget import MemoryBudget, model_bytes, optimizer_state_bytes
 from ..accounting.pacing import BudgetMatchingCallback
 from ..config import BudgetedCLConfig
+from ..data.collate import collate_rows
 from ..evaluation.anytime import AnytimeSchedule, CurvePoint, summarize_curve
 from ..evaluation.classification import ClassificationEvaluator, Evaluator
 from ..freezing.policies import FreezingPolicy, make_freezing_policy
-from ..methods import ContinualMethod, get_method
+from ..methods import METHODS, ContinualMethod, MethodContext
 from ..models.blocks import find_blocks
 from ..stream.memory import EpisodicMemory
 from ..stream.orders import StreamOrder
 from ..stream.sampler import BatchRecord, OnlineStreamSampler
+from ..utils.atomic import write_json_atomic
+from ..utils.errors import ConfigError
 from .callbacks import StreamControlCallback, StreamProgressCallback
 from .checkpointing import (
     CheckpointSaveError,
@@ -55,9 +58,9 @@ from .checkpointing import (
     find_resumable_checkpoint,
     read_cl_state,
     resolve_resume_checkpoint,
-    write_json_atomic,
 )
 from .results import format_summary, json_default
+from .run_state import RunProgress, RunState, is_stateful
 
 __all__ = ["BudgetedCLTrainer", "BudgetedCLConfig"]
 
@@ -90,7 +93,14 @@ class BudgetedCLTrainer(Trainer):
         **kwargs: Any,
     ):
         if len(stream) == 0:
-            raise ValueError("stream: empty stream, nothing arrives")
+            raise ConfigError("stream: empty stream, nothing arrives")
+        if args.gradient_accumulation_steps != 1:
+            # One iteration is one online update on one composed batch; the sampler, the freezing decision and the
+            # ledger all work per batch.
+            raise ConfigError(
+                f"gradient_accumulation_steps must be 1 (got {args.gradient_accumulation_steps}); for a larger "
+                "batch raise per_device_train_batch_size"
+            )
         super().__init__(
             model=model,
             args=args,
@@ -101,20 +111,21 @@ class BudgetedCLTrainer(Trainer):
             **kwargs,
         )
         self.stream = stream
-        self.method = method or get_method(args.method, config=args)
+        self.method = method or METHODS.get_class(args.method)(config=args)
         self.blocks = find_blocks(self.model)
         self.world_size = self.accelerator.num_processes
         self.global_batch_size = args.per_device_train_batch_size * self.world_size
-        self._sample_nbytes = sample_nbytes
+        self.current_record: BatchRecord | None = None
+        self.method_context = MethodContext(self)
         # Hooks, callbacks, per-slot sizes, a freeze choice that depends on the blocks: before freezing and budget.
-        self.method.setup(self)
-        self.freezing: FreezingPolicy = make_freezing_policy(args.freeze or self.method.freeze, self.blocks, args)
+        self.method.setup(self.method_context)
+        self.freezing: FreezingPolicy = make_freezing_policy(self.freeze_mode(), self.blocks, args)
         # StaticFreezing subclasses NoFreezing: test the mode, not the class.
         self.freezes = self.freezing.describe()["mode"] != "none"
         if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and self.freezes:
             # ZeRO/FSDP reduce gradients through their own hooks (a missing gradient is reduced as zeros, so the
             # optimizer would still move a "frozen" block); only DDP takes the pruned, hand-synchronised step.
-            raise ValueError(
+            raise ConfigError(
                 f"freeze: '{self.freezing.describe()['mode']}' needs DDP or one process; under DeepSpeed "
                 "or FSDP use freeze none (e.g. method er/sar), see recipes/accelerate/"
             )
@@ -152,20 +163,12 @@ class BudgetedCLTrainer(Trainer):
         )
         self.evaluator = evaluator or (ClassificationEvaluator(eval_dataset) if eval_dataset is not None else None)
         self.schedule = AnytimeSchedule(stream, args.eval_period)
-        self.curve: list[CurvePoint] = []
-        self.frozen_counts: Counter[int] = Counter()
-        self.current_record: BatchRecord | None = None
-        self.stop_reason = "stream_end"
-        self.skipped_nonfinite = 0
-        self.eval_time_s = 0.0
+        self.progress = RunProgress()
         self.results: dict[str, Any] | None = None
         self._pending_eval: list[int] = []
-        self._last_step_flops = 0.0
-        self.max_charged_step_flops = 0.0  # the dearest iteration so far, method and freezing extras included
-        self.elapsed_before_resume_s = 0.0  # training time spent by the run(s) this one resumed
-        self._train_start: float | None = None
         self.add_callback(StreamControlCallback(self))
-        self.add_callback(ContinualStateCheckpoint(self.cl_state_dict, default=json_default))
+        self.run_state = RunState(self.stream_fingerprint, self.stateful_parts)
+        self.add_callback(ContinualStateCheckpoint(self.run_state.state_dict, default=json_default))
         if args.budget_matching != "none":
             self.add_callback(BudgetMatchingCallback(self, spend_savings=args.budget_matching == "spend_savings"))
         if isinstance(self.freezing, TrainerCallback):
@@ -174,7 +177,30 @@ class BudgetedCLTrainer(Trainer):
             self.remove_callback(ProgressCallback)
             self.add_callback(StreamProgressCallback(self))
 
+    @property
+    def curve(self) -> list[CurvePoint]:
+        """The anytime-evaluation curve so far."""
+        return self.progress.curve
+
+    def freeze_mode(self) -> str:
+        """``args.freeze``, else the method's default; a method with ``required_freeze`` accepts only that mode."""
+        required, asked = self.method.required_freeze, self.args.freeze
+        if required is not None and asked is not None and asked != required:
+            raise ConfigError(
+                f"freeze: method '{self.method.name}' runs only with freeze {required}, got '{asked}' "
+                "(leave freeze unset for the method's own choice)"
+            )
+        return required or asked or self.method.freeze
+
     # ---- data -------------------------------------------------------------------------------------------------
+    def collate_rows(self, indices) -> dict:
+        """Model inputs of dataset rows ``indices``, collated and on the training device."""
+        return collate_rows(self.train_dataset, self.data_collator, indices, self.args.device)
+
+    def first_batch(self) -> dict:
+        """The first stream rows, one per-device batch of them: the shape every budget check measures."""
+        return self.collate_rows(self.stream.indices[: min(self.args.per_device_train_batch_size, len(self.stream))])
+
     def get_train_dataloader(self) -> DataLoader:
         """A single-process DataLoader over the stream sampler, not prepared by accelerate.
 
@@ -182,8 +208,7 @@ class BudgetedCLTrainer(Trainer):
         exactly the batches trained so far; the sampler shards each global batch itself, and the collator output is
         moved to the device here. Its own generator keeps iterating it from consuming the global torch RNG.
         """
-        collate = self.data_collator
-        device = self.args.device
+        collate, device = self.data_collator, self.args.device
         return DataLoader(
             self.train_dataset,
             batch_sampler=self.stream_sampler,
@@ -195,13 +220,19 @@ class BudgetedCLTrainer(Trainer):
     # ---- one iteration ----------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        extra = self.method.extra_loss(self, model, inputs, outputs)
-        if extra is not None:
-            loss = loss + extra
+        if self.method_context.in_training_pass:  # not the profiler's measurement, not evaluation
+            self.method.observe(self.method_context, inputs, outputs)
+            extra = self.method.extra_loss(self.method_context, inputs, outputs)
+            if extra is not None:
+                loss = loss + extra
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.current_record = self.stream_sampler.pop_record()
+        refined = self.method.refine_batch(self.method_context, self.current_record)
+        if refined is not None:  # e.g. MIR's choice among its candidates, which needs the model
+            self.current_record = refined
+            inputs = self.collate_rows(self.stream_sampler.shard(refined.indices))
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
@@ -210,32 +241,34 @@ class BudgetedCLTrainer(Trainer):
         # forward), so forward and backward run unsynchronised and the unfrozen suffix is all-reduced by hand.
         sync_by_hand = self.world_size > 1 and self.freezes
         with self.accelerator.no_sync(model) if sync_by_hand else contextlib.nullcontext():
-            with self.compute_loss_context_manager():
-                loss, outputs = self.compute_loss(
-                    model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-                )
+            self.method_context.in_training_pass = True
+            try:
+                with self.compute_loss_context_manager():
+                    loss, outputs = self.compute_loss(
+                        model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+                    )
+            finally:
+                self.method_context.in_training_pass = False
             if not torch.isfinite(loss.detach()).all():
                 # A non-finite loss would poison the weights and the Fisher/similarity statistics: skip the update.
-                self.skipped_nonfinite += 1
+                self.progress.skipped_nonfinite += 1
                 warnings.warn(f"non-finite loss at iteration {self.ledger.steps}: batch skipped", stacklevel=2)
                 self.ledger.charge("train_forward", cost.forward * self.world_size)
-                self._last_step_flops = cost.forward * self.world_size
+                self.progress.last_step_flops = cost.forward * self.world_size
                 return loss.detach()
             n_frozen = self.freezing.decide(self, model, inputs, outputs, cost)
-            if self.current_gradient_accumulation_steps > 1:
-                loss = loss / self.current_gradient_accumulation_steps
             self.backward_unfrozen(loss, n_frozen)
         if sync_by_hand:
             self.all_reduce_gradients(self.blocks.trainable_from(n_frozen))
         spent = self.ledger.total
         self.ledger.charge_step(cost, n_frozen, scale=self.world_size)
-        for item, flops in self.method.extra_flops_per_iteration(self, self.global_batch_size).items():
+        for item, flops in self.method_context.take_charges().items():
             self.ledger.charge(item, flops)
         for item, flops in self.freezing.extra_flops(self, cost).items():
             self.ledger.charge(item, flops)
-        self._last_step_flops = self.ledger.total - spent
-        self.max_charged_step_flops = max(self.max_charged_step_flops, self._last_step_flops)
-        self.frozen_counts[n_frozen] += 1
+        self.progress.last_step_flops = self.ledger.total - spent
+        self.progress.max_charged_step_flops = max(self.progress.max_charged_step_flops, self.progress.last_step_flops)
+        self.progress.frozen_counts[n_frozen] += 1
         return loss.detach()
 
     def backward_unfrozen(self, loss: torch.Tensor, n_frozen: int) -> None:
@@ -260,7 +293,7 @@ class BudgetedCLTrainer(Trainer):
 
     def floating_point_ops(self, inputs) -> int:
         """Trainer's ``total_flos`` becomes the measured training FLOPs of each step (all ranks together)."""
-        return int(self._last_step_flops / self.world_size)
+        return int(self.progress.last_step_flops / self.world_size)
 
     # ---- anytime evaluation -----------------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -276,7 +309,7 @@ class BudgetedCLTrainer(Trainer):
         """Evaluate on the test samples of the classes among the first ``samples_seen`` arrivals."""
         start = time.perf_counter()
         accuracy, per_class = self.evaluator(self, self.stream.classes_seen(samples_seen))
-        self.eval_time_s += time.perf_counter() - start
+        self.progress.eval_time_s += time.perf_counter() - start
         point = CurvePoint(
             samples=samples_seen,
             train_flops=self.ledger.total,
@@ -284,9 +317,9 @@ class BudgetedCLTrainer(Trainer):
             iterations=self.ledger.steps,
             memory_bytes=self.memory_budget.itemise(self.memory.bytes_used)["total"],
             per_class={int(k): float(v) for k, v in per_class.items()},
-            frozen_blocks=sum(k * v for k, v in self.frozen_counts.items()),
+            frozen_blocks=sum(k * v for k, v in self.progress.frozen_counts.items()),
         )
-        self.curve.append(point)
+        self.progress.curve.append(point)
         metrics = {
             "anytime_accuracy": point.accuracy,
             "samples_seen": samples_seen,
@@ -300,13 +333,10 @@ class BudgetedCLTrainer(Trainer):
     # ---- the run ----------------------------------------------------------------------------------------------
     def check_budget_affords_one_iteration(self) -> None:
         """Measure the first batch shape now: a budget too small for a single iteration is a configuration error."""
-        n = min(self.args.per_device_train_batch_size, len(self.stream))
-        rows = [self.train_dataset[int(i)] for i in self.stream.indices[:n]]
-        batch = {k: v.to(self.args.device) if hasattr(v, "to") else v for k, v in self.data_collator(rows).items()}
-        one = self.profiler.cost(batch).train_flops(0) * self.world_size
+        one = self.profiler.cost(self.first_batch()).train_flops(0) * self.world_size
         if self.ledger.budget is not None and one > self.ledger.budget:
             name = "flops_budget_per_sample" if self.args.flops_budget_per_sample else "flops_budget"
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: the budget ({self.ledger.budget:.4g} FLOPs) is too small for one iteration ({one:.4g} FLOPs)"
             )
 
@@ -322,8 +352,8 @@ class BudgetedCLTrainer(Trainer):
                 f"resume: no complete checkpoint in {self.args.output_dir}; starting from the beginning", stacklevel=2
             )
         if checkpoint is not None:
-            self.load_cl_state_dict(read_cl_state(checkpoint))
-        self._train_start = start
+            self.run_state.load_state_dict(read_cl_state(checkpoint))
+        self.progress.started_at = start
         self.check_budget_affords_one_iteration()
         try:
             output = super().train(
@@ -342,7 +372,7 @@ class BudgetedCLTrainer(Trainer):
                     else "no complete checkpoint yet"
                 ),
             ) from err
-        train_time = time.perf_counter() - start + self.elapsed_before_resume_s
+        train_time = time.perf_counter() - start + self.progress.elapsed_before_resume_s
         # Whatever training did not consume (budget spent, or no iteration left) still arrives and is evaluated.
         for position in self.stream_sampler.drain():
             for point in self.schedule.due(position):
@@ -350,7 +380,7 @@ class BudgetedCLTrainer(Trainer):
         for point in self.schedule.due(len(self.stream)):
             self.evaluate_at(point)
         self.results = self.build_results(
-            wall_time_s=time.perf_counter() - start + self.elapsed_before_resume_s, train_time_s=train_time
+            wall_time_s=time.perf_counter() - start + self.progress.elapsed_before_resume_s, train_time_s=train_time
         )
         if self.is_world_process_zero():
             self.save_results()
@@ -363,70 +393,35 @@ class BudgetedCLTrainer(Trainer):
         data = np.concatenate([self.stream.indices, self.stream.labels]).astype(np.int64).tobytes()
         return hashlib.sha256(data).hexdigest()[:16]
 
-    def cl_state_dict(self) -> dict[str, Any]:
-        """Everything beyond Trainer's checkpoint that the rest of the run depends on (JSON-serialisable)."""
-        callbacks = {
-            type(cb).__name__: cb.state_dict()
-            for cb in self.callback_handler.callbacks
-            if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict")
+    def stateful_parts(self) -> dict[str, Any]:
+        """Everything beyond Trainer's checkpoint that the rest of the run depends on, by name."""
+        parts = {
+            "sampler": self.stream_sampler,  # cursor, memory + use counts, generators, method state
+            "ledger": self.ledger,
+            "freezing": self.freezing,
+            "schedule": self.schedule,
+            "progress": self.progress,
         }
-        return {
-            "stream_fingerprint": self.stream_fingerprint(),
-            "global_step": self.state.global_step,
-            "sampler": self.stream_sampler.state_dict(),  # cursor, memory + use counts, generators, method state
-            "ledger": self.ledger.state_dict(),
-            "freezing": self.freezing.state()["attributes"] if hasattr(self.freezing, "state") else None,
-            "callbacks": callbacks,
-            "schedule_next": self.schedule.next,
-            "curve": [p.to_dict() for p in self.curve],
-            "frozen_counts": {str(k): v for k, v in self.frozen_counts.items()},
-            "stop_reason": self.stop_reason,
-            "skipped_nonfinite": self.skipped_nonfinite,
-            "eval_time_s": self.eval_time_s,
-            "last_step_flops": self._last_step_flops,
-            "max_charged_step_flops": self.max_charged_step_flops,
-            "elapsed_s": time.perf_counter() - self._train_start + self.elapsed_before_resume_s,
-        }
-
-    def load_cl_state_dict(self, state: dict[str, Any]) -> None:
-        if state["stream_fingerprint"] != self.stream_fingerprint():
-            raise ValueError(
-                "resume_from_checkpoint: the checkpoint was written for a different stream "
-                "(stream, seed, dataset or stream_file changed)"
-            )
-        self.stream_sampler.load_state_dict(state["sampler"])
-        self.ledger.load_state_dict(state["ledger"])
-        if state["freezing"] is not None:
-            self.freezing.load_state(state["freezing"])
         for cb in self.callback_handler.callbacks:
-            if type(cb).__name__ in state["callbacks"] and hasattr(cb, "load_state_dict"):
-                cb.load_state_dict(state["callbacks"][type(cb).__name__])
-        self.schedule.next = state["schedule_next"]
-        self.curve = [
-            CurvePoint(**{**p, "per_class": {int(k): v for k, v in p["per_class"].items()}}) for p in state["curve"]
-        ]
-        self.frozen_counts = Counter({int(k): v for k, v in state["frozen_counts"].items()})
-        self.stop_reason = state["stop_reason"]
-        self.skipped_nonfinite = state["skipped_nonfinite"]
-        self.eval_time_s = state["eval_time_s"]
-        self._last_step_flops = state["last_step_flops"]
-        self.max_charged_step_flops = state["max_charged_step_flops"]
-        self.elapsed_before_resume_s = state["elapsed_s"]
+            if is_stateful(cb) and cb is not self.freezing:  # a policy may be a callback too: saved once
+                parts[f"callback:{type(cb).__name__}"] = cb
+        return parts
 
     def build_results(self, wall_time_s: float, train_time_s: float) -> dict[str, Any]:
         args = self.args
         steps = self.ledger.steps
         return {
             "method": self.method.name,
+            "method_options": dataclasses.asdict(self.method.options),
             "freeze": self.freezing.describe(),
             "stream": {"kind": self.stream.kind, "length": len(self.stream), "params": self.stream.params},
             "seed": args.seed,
-            **summarize_curve(self.curve, self.stream),
+            **summarize_curve(self.progress.curve, self.stream),
             "train_flops": self.ledger.total,
             "flops_budget": self.ledger.budget,
             "flops_items": dict(self.ledger.items),
             "backward_flops_saved_fraction": self.ledger.backward_saved_fraction,
-            "frozen_blocks_histogram": {str(k): v for k, v in sorted(self.frozen_counts.items())},
+            "frozen_blocks_histogram": {str(k): v for k, v in sorted(self.progress.frozen_counts.items())},
             "memory_bytes": self.memory_budget.itemise(self.memory.bytes_used),
             "memory_budget_bytes": self.memory_budget.total_bytes,
             "memory_slots": len(self.memory),
@@ -436,17 +431,17 @@ class BudgetedCLTrainer(Trainer):
             "budget_matching": args.budget_matching,
             "online_iter_final": self.stream_sampler.online_iter,
             "batch_size": self.global_batch_size,
-            "stopped_by": self.stop_reason,
-            "skipped_nonfinite_batches": self.skipped_nonfinite,
+            "stopped_by": self.progress.stop_reason,
+            "skipped_nonfinite_batches": self.progress.skipped_nonfinite,
             "wall_time_s": wall_time_s,
             "train_time_s": train_time_s,
-            "eval_time_s": self.eval_time_s,
+            "eval_time_s": self.progress.eval_time_s,
             "iterations_per_s": steps / train_time_s if train_time_s > 0 else float("nan"),
             "world_size": self.world_size,
             "hf_budgetcl_version": __version__,
             # evaluator-specific figures, e.g. the VQA evaluator's majority_baseline next to A_last
             **dict(getattr(self.evaluator, "extra_results", None) or {}),
-            "curve": [p.to_dict() for p in self.curve],
+            "curve": [p.to_dict() for p in self.progress.curve],
         }
 
     def save_results(self, path: str | None = None) -> str:
@@ -474,30 +469,13 @@ class BudgetedCLTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
+        card = dict(language=language, license=license, tags=tags, model_name=model_name)
+        card.update(finetuned_from=finetuned_from, tasks=tasks, dataset=dataset)
         if self.results is None:
-            return super().create_model_card(
-                language=language,
-                license=license,
-                tags=tags,
-                model_name=model_name,
-                finetuned_from=finetuned_from,
-                tasks=tasks,
-                dataset_tags=dataset_tags,
-                dataset=dataset,
-                dataset_args=dataset_args,
-            )
+            return super().create_model_card(**card, dataset_tags=dataset_tags, dataset_args=dataset_args)
         from ..hub.model_card import write_trainer_model_card
 
-        write_trainer_model_card(
-            self,
-            language=language,
-            license=license,
-            tags=tags,
-            model_name=model_name,
-            finetuned_from=finetuned_from,
-            tasks=tasks,
-            dataset=dataset,
-        )
+        write_trainer_model_card(self, **card)
 
 
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
