@@ -34,7 +34,7 @@ def _decide(policy, cost, logits=None):
     logits = torch.tensor([[2.0, 0.0]]) if logits is None else logits
     inputs = {"labels": torch.tensor([0])}
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    return policy.decide(None, model, inputs, _Out(logits), cost)
+    return policy.decide(model, inputs, _Out(logits), cost)
 
 
 COST = StepCost(forward=30.0, backward_by_prefix=(60.0, 40.0, 20.0, 2.0))

@@ -66,7 +66,7 @@ class AdaptiveFreezingCallback(TrainerCallback):
         self._last_decision_flops = 0.0
 
     # ---- the decision (called by the trainer between forward and backward) -----------------------------------
-    def decide(self, trainer, model, inputs, outputs, cost: StepCost) -> int:
+    def decide(self, model, inputs, outputs, cost: StepCost) -> int:
         self.steps += 1
         logits, labels = _logits_and_targets(inputs, outputs)
         if self._head_weight is None:
@@ -107,7 +107,7 @@ class AdaptiveFreezingCallback(TrainerCallback):
         self.last_frozen = n
         return n
 
-    def extra_flops(self, trainer, cost: StepCost) -> dict[str, float]:
+    def extra_flops(self, cost: StepCost) -> dict[str, float]:
         fisher = 2.0 * sum(p.numel() for p in self.blocks.trainable_from(self.last_frozen))
         return {"freeze_decision": float(self._last_decision_flops), "fisher": fisher}
 

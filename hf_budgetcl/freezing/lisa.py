@@ -46,7 +46,7 @@ class LisaFreezing(TrainerCallback):
         self.steps = 0
         self.last_frozen = 0
 
-    def decide(self, trainer: Any, model: Any, inputs: dict, outputs: Any, cost: StepCost) -> int:
+    def decide(self, model: Any, inputs: dict, outputs: Any, cost: StepCost) -> int:
         if self.steps % self.interval == 0:
             self.active = draw_active_blocks(len(self.blocks), self.n_active, self.rng, self.always_last)
         self.steps += 1
@@ -61,7 +61,7 @@ class LisaFreezing(TrainerCallback):
                     p.grad = None
         return control
 
-    def extra_flops(self, trainer: Any, cost: StepCost) -> dict[str, float]:
+    def extra_flops(self, cost: StepCost) -> dict[str, float]:
         return {}
 
     def extra_state_bytes(self) -> dict[str, int]:

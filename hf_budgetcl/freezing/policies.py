@@ -14,8 +14,8 @@ from .adaptive import AdaptiveFreezingCallback, AdaptiveFreezingSettings
 
 
 class FreezingPolicy(Protocol):
-    def decide(self, trainer: Any, model: nn.Module, inputs: dict, outputs: Any, cost: StepCost) -> int: ...
-    def extra_flops(self, trainer: Any, cost: StepCost) -> dict[str, float]: ...
+    def decide(self, model: nn.Module, inputs: dict, outputs: Any, cost: StepCost) -> int: ...
+    def extra_flops(self, cost: StepCost) -> dict[str, float]: ...
     def extra_state_bytes(self) -> dict[str, int]: ...
     def describe(self) -> dict[str, Any]: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -23,10 +23,10 @@ class FreezingPolicy(Protocol):
 
 
 class NoFreezing:
-    def decide(self, trainer, model, inputs, outputs, cost) -> int:
+    def decide(self, model, inputs, outputs, cost) -> int:
         return 0
 
-    def extra_flops(self, trainer, cost) -> dict[str, float]:
+    def extra_flops(self, cost) -> dict[str, float]:
         return {}
 
     def extra_state_bytes(self) -> dict[str, int]:
@@ -48,7 +48,7 @@ class StaticFreezing(NoFreezing):
     def __init__(self, n: int, blocks: BlockPartition):
         self.n = min(n, blocks.max_frozen)
 
-    def decide(self, trainer, model, inputs, outputs, cost) -> int:
+    def decide(self, model, inputs, outputs, cost) -> int:
         return self.n
 
     def describe(self) -> dict[str, Any]:

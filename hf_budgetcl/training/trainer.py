@@ -7,7 +7,9 @@ Only public, overridable Trainer methods and callbacks are used:
 - ``training_step`` runs the forward, asks the freezing policy how many leading blocks to freeze for this batch,
   runs the backward only for the unfrozen suffix (``inputs=``: graph pruning, so frozen blocks cost nothing) and
   charges the FLOPs ledger exactly what ran;
-- ``compute_loss`` adds the method's extra loss; ``floating_point_ops`` reports the measured FLOPs to Trainer;
+- before the forward the method may refine the batch (MIR); ``compute_loss`` lets it observe a real training forward
+  and add its extra loss, through a :class:`~hf_budgetcl.methods.context.MethodContext` (never the trainer itself);
+  ``floating_point_ops`` reports the measured FLOPs to Trainer;
 - ``evaluate`` runs the anytime evaluation on the test samples of the classes seen so far;
 - a callback triggers those evaluations every ``eval_period`` arrivals and stops training when the FLOPs budget
   cannot pay for another iteration; the rest of the stream still arrives and is evaluated.
@@ -256,7 +258,7 @@ class BudgetedCLTrainer(Trainer):
                 self.ledger.charge("train_forward", cost.forward * self.world_size)
                 self.progress.last_step_flops = cost.forward * self.world_size
                 return loss.detach()
-            n_frozen = self.freezing.decide(self, model, inputs, outputs, cost)
+            n_frozen = self.freezing.decide(model, inputs, outputs, cost)
             self.backward_unfrozen(loss, n_frozen)
         if sync_by_hand:
             self.all_reduce_gradients(self.blocks.trainable_from(n_frozen))
@@ -264,7 +266,7 @@ class BudgetedCLTrainer(Trainer):
         self.ledger.charge_step(cost, n_frozen, scale=self.world_size)
         for item, flops in self.method_context.take_charges().items():
             self.ledger.charge(item, flops)
-        for item, flops in self.freezing.extra_flops(self, cost).items():
+        for item, flops in self.freezing.extra_flops(cost).items():
             self.ledger.charge(item, flops)
         self.progress.last_step_flops = self.ledger.total - spent
         self.progress.max_charged_step_flops = max(self.progress.max_charged_step_flops, self.progress.last_step_flops)
