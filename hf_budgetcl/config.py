@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from transformers import TrainingArguments
 
@@ -13,8 +14,44 @@ from .methods.options import build_options
 from .methods.sar import SAROptions
 from .stream.orders import STREAM_KINDS
 from .utils.errors import ConfigError
+from .utils.validation import check_numbers
 
 AL, SAR = AdaptiveFreezingSettings(), SAROptions()
+# The range of every number that has one (NaN and inf are refused for every float field, see utils.validation).
+_RANGES = {
+    "fisher_ema": "(0, 1]",
+    "informativeness_ema": "(0, 1]",
+    "fisher_update_every": ">= 1",
+    "freeze_warmup_steps": ">= 0",
+    "lisa_interval": ">= 1",
+    "n_tasks": ">= 1",
+    "sigma": "> 0",
+    "repeat": ">= 1",
+    "init_cls": "(0, 1]",
+    "disjoint_class_ratio": "[0, 1]",
+    "blurry_ratio": "[0, 1]",
+    "stream_seed": ">= 0",
+    "online_iter": "> 0",
+    "eval_period": ">= 1",
+    "memory_budget_bytes": "> 0",
+    "memory_size": ">= 1",
+    "flops_budget": "> 0",
+    "flops_budget_per_sample": "> 0",
+    # inherited from TrainingArguments
+    "per_device_train_batch_size": ">= 1",
+    "per_device_eval_batch_size": ">= 1",
+    "learning_rate": "> 0",
+    "weight_decay": ">= 0",
+    "adam_beta1": "[0, 1)",
+    "adam_beta2": "[0, 1)",
+    "adam_epsilon": "> 0",
+    "max_grad_norm": ">= 0",
+    "num_train_epochs": "> 0",
+    "warmup_steps": ">= 0",
+    "label_smoothing_factor": "[0, 1)",
+    "seed": ">= 0",
+    "data_seed": ">= 0",
+}
 FREEZE_PATTERN = re.compile(r"^(none|adaptive|static:\d+|lisa(:\d+)?)$")
 BUDGET_MATCHING = ("none", "auto", "spend_savings")
 
@@ -29,6 +66,8 @@ class BudgetedCLConfig(TrainingArguments):
     + method state + replay samples) and/or ``memory_size`` (a cap in samples).
     Online training: ``online_iter`` iterations per arriving sample, anytime evaluation every ``eval_period``.
     """
+
+    RANGES: ClassVar[dict[str, str]] = _RANGES
 
     method: str = field(
         default="er",
@@ -142,13 +181,7 @@ class BudgetedCLConfig(TrainingArguments):
             )
         if self.budget_matching != "none" and self.flops_budget is None and self.flops_budget_per_sample is None:
             raise ConfigError("budget_matching: needs a FLOPs budget (flops_budget or flops_budget_per_sample)")
-        for name in ("eval_period", "online_iter", "fisher_update_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("memory_budget_bytes", "memory_size", "flops_budget", "flops_budget_per_sample"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
+        check_numbers(self, self.RANGES)  # every number finite and in range, inherited fields included
         if self.memory_budget_bytes is None and self.memory_size is None:
             raise ConfigError("memory_budget_bytes: give a memory budget in bytes (or memory_size in samples)")
         if self.flops_budget is not None and self.flops_budget_per_sample is not None:

@@ -36,6 +36,17 @@ def _error_line(err):
         (["--flops_budget", "1000"], "flops_budget"),  # too small for one iteration
         (["--memory_size", "null", "--memory_budget_bytes", "1000"], "memory_budget_bytes"),  # below the model
         (["--stream_file", "does/not/exist.json"], "exist.json"),
+        # NaN, inf and out-of-range numbers (issue 15, case 5 and 7); every field is covered in test_validation.py
+        (["--flops_budget_per_sample", "nan"], "flops_budget_per_sample"),
+        (["--learning_rate", "inf"], "learning_rate"),
+        (["--method", "derpp", "--method_options", "derpp_alpha=nan"], "derpp_alpha"),
+        (["--fisher_ema", "-0.5"], "fisher_ema"),
+        (["--per_class_train", "-3"], "per_class_train"),
+        (["--pad", "-3"], "pad"),
+        (["--per_class_test", "0"], "per_class_test"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
+        (["--online_iter", "inf"], "online_iter"),
+        (["--freeze", "static:99"], "static:99"),
     ],
 )
 def test_bad_values_name_the_field(capsys, tmp_path, extra, field):

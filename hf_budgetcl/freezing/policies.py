@@ -43,10 +43,12 @@ class NoFreezing:
 
 
 class StaticFreezing(NoFreezing):
-    """Always freeze the first ``n`` blocks (clamped so that something still trains)."""
+    """Always freeze the first ``n`` blocks; at least one block must still train."""
 
     def __init__(self, n: int, blocks: BlockPartition):
-        self.n = min(n, blocks.max_frozen)
+        if n > blocks.max_frozen:
+            raise ConfigError(f"freeze: static:{n} leaves nothing to train; at most {blocks.max_frozen} can be frozen")
+        self.n = n
 
     def decide(self, model, inputs, outputs, cost) -> int:
         return self.n

@@ -18,7 +18,7 @@ FlopCounterMode) and charged by hand as item ``derpp_loss`` (:func:`derpp_loss_f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ def derpp_loss_flops(rows_with_logits: int, rows: int, num_classes: int) -> floa
 
 @dataclass
 class DERPPOptions(MethodOptions):
+    RANGES: ClassVar[dict[str, str]] = {"derpp_alpha": ">= 0", "derpp_beta": ">= 0"}
     derpp_alpha: float = field(default=0.1, metadata={"help": "Weight of the logit-matching term."})
     derpp_beta: float = field(default=0.5, metadata={"help": "Weight of the replayed-label term."})
 

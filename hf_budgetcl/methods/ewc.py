@@ -18,7 +18,7 @@ the paper counts "EWC: - 2 models"). Their work is element-wise, not counted by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ def ewc_flops(penalty_elements: int, fisher_elements: int) -> float:
 
 @dataclass
 class EWCOptions(MethodOptions):
+    RANGES: ClassVar[dict[str, str]] = {"ewc_lambda": ">= 0", "ewc_fisher_ema": "(0, 1]"}
     ewc_lambda: float = field(default=100.0, metadata={"help": "Weight lambda of the quadratic penalty."})
     ewc_fisher_ema: float = field(default=0.1, metadata={"help": "EMA ratio of the running diagonal Fisher."})
 

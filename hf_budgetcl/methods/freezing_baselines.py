@@ -8,6 +8,7 @@ The policies themselves live with the other freezing policies (``freeze: static:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .er import ER
 from .options import MethodOptions
@@ -15,6 +16,7 @@ from .options import MethodOptions
 
 @dataclass
 class ERStaticOptions(MethodOptions):
+    RANGES: ClassVar[dict[str, str]] = {"static_frozen_blocks": ">= 1"}
     static_frozen_blocks: int | None = field(
         default=None, metadata={"help": "Blocks always frozen (default: half of them, rounded down, at least one)."}
     )

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,19 +38,15 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..models.heads import logits_of
-from ..utils.errors import ConfigError
 from .er import ER
 from .options import MethodOptions
 
 
 @dataclass
 class MIROptions(MethodOptions):
+    RANGES: ClassVar[dict[str, str]] = {"mir_candidates": ">= 1", "mir_virtual_lr": "> 0"}
     mir_candidates: int = field(default=50, metadata={"help": "Memory slots scored per batch (mir_cands)."})
     mir_virtual_lr: float = field(default=0.1, metadata={"help": "SGD step of the virtual update."})
-
-    def validate(self) -> None:
-        if self.mir_candidates < 1 or self.mir_virtual_lr <= 0:
-            raise ConfigError("method_options: mir_candidates must be >= 1 and mir_virtual_lr > 0")
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -10,19 +10,25 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 from ..utils.errors import ConfigError
+from ..utils.validation import check_numbers
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclasses.dataclass
 class MethodOptions:
-    """A method without hyper-parameters."""
+    """A method without hyper-parameters. Subclasses add fields (with ``metadata={"help": ...}``) and state the
+    range of each number in ``RANGES`` (see :mod:`hf_budgetcl.utils.validation`)."""
+
+    RANGES: ClassVar[dict[str, str]] = {}
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the option when a value is out of range."""
+        """Raise :class:`ConfigError` naming the option when a value is NaN, infinite or outside the ``range`` its
+        field's metadata states; subclasses add checks that involve several options."""
+        check_numbers(self, self.RANGES)
 
 
 def parse_method_options(text: str | None) -> dict[str, str]:

@@ -25,7 +25,7 @@ Codec work is charged by hand (item ``remind_codec``): quantisation 3 FLOPs per 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -61,6 +61,7 @@ class _StopForward(Exception):
 
 @dataclass
 class REMINDOptions(MethodOptions):
+    RANGES: ClassVar[dict[str, str]] = {"remind_frozen_blocks": ">= 1"}
     remind_frozen_blocks: int | None = field(
         default=None, metadata={"help": "Blocks of the frozen prefix G (default: half of them, at least one)."}
     )

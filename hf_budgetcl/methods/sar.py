@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models.heads import find_head, logits_of
-from ..utils.errors import ConfigError
 from .base import ContinualMethod
 from .options import MethodOptions
 from .retrieval_math import (
@@ -58,6 +57,13 @@ from .retrieval_math import (
 
 @dataclass
 class SAROptions(MethodOptions):
+    RANGES: ClassVar[dict[str, str]] = {
+        "sar_temperature": "> 0",
+        "sar_decay_k": "> 0",
+        "sar_warmup_samples": ">= 0",
+        "similarity_ema": "(0, 1]",
+        "similarity_coords": ">= 1",
+    }
     sar_temperature: float = field(default=0.125, metadata={"help": "Retrieval softmax temperature T (ex.sh)."})
     sar_decay_k: float = field(
         default=4.0, metadata={"help": "Use counts decay by 1 - B / (k |M|) per iteration (ex.sh: k = 4)."}
@@ -73,11 +79,6 @@ class SAROptions(MethodOptions):
         default=64,
         metadata={"help": "Fixed random head-gradient coordinates per sample (not floor(1e-4 numel), pitfall 7)."},
     )
-
-    def validate(self) -> None:
-        for name in ("sar_temperature", "sar_decay_k", "similarity_ema", "similarity_coords"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def head_gradient_features(

@@ -9,17 +9,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from ..config import BudgetedCLConfig
 from ..stream.orders import StreamOrder, build_stream
 from ..utils.errors import ConfigError
+from ..utils.validation import check_numbers
 from .arguments import ConfigParser
 
 
 @dataclass
 class ModelArguments:
+    RANGES: ClassVar[dict[str, str]] = {"image_size": ">= 1", "pad": ">= 0", "channels": ">= 1"}
     model_name_or_path: str = field(
         default="digits_resnet",
         metadata={
@@ -31,9 +34,13 @@ class ModelArguments:
     pad: int = field(default=0, metadata={"help": "Zero padding on each side (FM-D5: 2, 28 -> 32)."})
     channels: int | None = field(default=None, metadata={"help": "Repeat grey images to this many channels."})
 
+    def __post_init__(self):
+        check_numbers(self, self.RANGES)
+
 
 @dataclass
 class DataArguments:
+    RANGES: ClassVar[dict[str, str]] = {"per_class_train": ">= 1", "per_class_test": ">= 1"}
     dataset: str = field(
         default="digits",
         metadata={"help": "digits | fashion_mnist | a local imagefolder | a Hub image-classification dataset."},
@@ -44,6 +51,9 @@ class DataArguments:
     label_column: str = field(default="label", metadata={"help": "Label column of a generic dataset."})
     image_column: str | None = field(default=None, metadata={"help": "Image column of a generic dataset."})
     domain_column: str | None = field(default=None, metadata={"help": "Time/domain column for domain streams."})
+
+    def __post_init__(self):
+        check_numbers(self, self.RANGES)
 
 
 def make_parser() -> ConfigParser:

@@ -17,13 +17,14 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..config import BudgetedCLConfig
 from ..stream.orders import StreamOrder, build_stream
 from ..utils.errors import ConfigError
+from ..utils.validation import check_numbers
 from .arguments import ConfigParser
 
 TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")
@@ -33,6 +34,20 @@ VISION_PARTS = ("vision_tower", "visual", "vision_model", "multi_modal_projector
 
 @dataclass
 class ModelArguments:
+    RANGES: ClassVar[dict[str, str]] = {
+        "lora_r": ">= 0",
+        "lora_dropout": "[0, 1)",
+        "tiny_init_std": "> 0",
+        "lora_alpha": ">= 1",
+        "max_new_tokens": ">= 1",
+        "max_length": ">= 1",
+        "tiny_lm_hidden": ">= 1",
+        "tiny_lm_layers": ">= 1",
+        "tiny_vision_layers": ">= 1",
+        "tiny_image_size": ">= 1",
+        "tiny_patch_size": ">= 1",
+        "tiny_vocab_size": ">= 1",
+    }
     model_name_or_path: str = field(
         default="tiny_llava",
         metadata={
@@ -63,9 +78,17 @@ class ModelArguments:
         },
     )
 
+    def __post_init__(self):
+        check_numbers(self, self.RANGES)
+
 
 @dataclass
 class DataArguments:
+    RANGES: ClassVar[dict[str, str]] = {
+        "max_train_images": ">= 1",
+        "max_train_questions": ">= 1",
+        "max_test_questions": ">= 1",
+    }
     dataset: str = field(
         default="easy_vqa",
         metadata={"help": "easy_vqa | a local .jsonl | a local imagefolder | a Hub dataset name."},
@@ -83,6 +106,9 @@ class DataArguments:
     question_column: str = field(default="question", metadata={"help": "Question/instruction column."})
     answer_column: str = field(default="answer", metadata={"help": "Answer column."})
     concept_column: str = field(default="concept", metadata={"help": "Concept/task column (the stream's class)."})
+
+    def __post_init__(self):
+        check_numbers(self, self.RANGES)
 
 
 def make_parser() -> ConfigParser:
