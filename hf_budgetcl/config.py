@@ -161,6 +161,10 @@ class BudgetedCLConfig(TrainingArguments):
     seed: int = field(default=1, metadata={"help": "Seed of the run (the paper uses 1, 2, 3)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "A stream is seen once."})
     output_dir: str | None = field(default="out/run", metadata={"help": "Where results.json and the model go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an output_dir that holds an earlier run (its results and checkpoints go)."},
+    )
     resume: bool = field(
         default=False,
         metadata={

@@ -89,10 +89,12 @@ def test_fisher_ema_updates_only_blocks_that_trained():
     assert policy.fisher.tolist() == pytest.approx([2.0, 8.0, 9.0], rel=1e-12)
 
 
-def test_policy_factory_and_static_clamp():
+def test_policy_factory_and_static_bound():
     part = _partition()
-    assert isinstance(make_freezing_policy("static:9", part, None), StaticFreezing)
-    assert make_freezing_policy("static:9", part, None).n == 3  # the head still trains
+    assert isinstance(make_freezing_policy("static:3", part, None), StaticFreezing)
+    assert make_freezing_policy("static:3", part, None).n == 3
+    with pytest.raises(ValueError, match="static:4 leaves nothing to train; at most 3"):  # was a silent clamp
+        make_freezing_policy("static:4", part, None)
     with pytest.raises(ValueError, match="freeze"):
         make_freezing_policy("often", part, None)
 

@@ -61,6 +61,7 @@ from .checkpointing import (
     read_cl_state,
     resolve_resume_checkpoint,
 )
+from .output_dir import prepare_output_dir
 from .results import format_summary, json_default
 from .run_state import RunProgress, RunState, is_stateful
 
@@ -353,6 +354,9 @@ class BudgetedCLTrainer(Trainer):
             warnings.warn(
                 f"resume: no complete checkpoint in {self.args.output_dir}; starting from the beginning", stacklevel=2
             )
+        prepare_output_dir(
+            self.args.output_dir, checkpoint is not None, self.args.overwrite_output_dir, self.is_world_process_zero()
+        )
         if checkpoint is not None:
             self.run_state.load_state_dict(read_cl_state(checkpoint))
         self.progress.started_at = start
