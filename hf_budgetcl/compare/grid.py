@@ -98,15 +98,14 @@ def validate(runs: Sequence[Run]) -> None:
     seen: dict[Path, Run] = {}
     for run in runs:
         where = f"run {run.name}"
-        if run.command is None:
-            method = run.option("--method")
-            if method is not None:
-                methods = known_methods() if methods is None else methods
-                if method not in methods:
-                    raise GridError(f"{where}: unknown method '{method}'; choose from: {', '.join(sorted(methods))}")
-            config = run.option("--config")
-            if config is not None and not Path(config).is_file():
-                raise GridError(f"{where}: config file not found: {config}")
+        method = run.option("--method")
+        if method is not None:
+            methods = known_methods() if methods is None else methods
+            if method not in methods:
+                raise GridError(f"{where}: unknown method '{method}'; choose from: {', '.join(sorted(methods))}")
+        config = run.option("--config")
+        if config is not None and not Path(config).is_file():
+            raise GridError(f"{where}: config file not found: {config}")
         key = run.run_dir.resolve()
         if key in seen:
             raise GridError(f"{where}: run directory {run.run_dir} is used twice")
@@ -190,3 +189,10 @@ def run_grid(
 def failures(results: Sequence[dict[str, Any]]) -> list[str]:
     """One line per failed run of a :func:`run_grid` result list."""
     return [f"{r['label']}: {r['error']}" for r in results if "error" in r]
+
+
+def completed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results`` when every run finished; otherwise exit with one line per failed run (all of them ran)."""
+    if failed := failures(results):
+        raise SystemExit("failed runs:\n" + "\n".join(failed))
+    return results

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .grid import GridError
 
 Table = Callable[[dict[str, Any], list[dict[str, Any]]], str]
 
@@ -43,10 +46,11 @@ def write_table(path: str | Path, script: str, text: str, raw: str | Path | None
     return page
 
 
-def add_arguments(parser: argparse.ArgumentParser, output: str | Path, rerun: bool = True) -> None:
-    """``--output`` (the table), ``--raw`` (its JSON, default next to it), ``--table_only`` and, for scripts that
-    run a grid, ``--rerun [RUN_DIR_NAME ...]``."""
-    parser.add_argument("--output", default=str(output), help="markdown table to write (default: %(default)s)")
+def add_arguments(parser: argparse.ArgumentParser, output: str | Path | None, rerun: bool = True) -> None:
+    """``--output`` (the table; ``None``: only printed), ``--raw`` (its JSON, default next to it), ``--table_only``
+    and, for scripts that run a grid, ``--rerun [RUN_DIR_NAME ...]``."""
+    default = None if output is None else str(output)
+    parser.add_argument("--output", default=default, help="markdown table to write (default: %(default)s)")
     parser.add_argument("--raw", default=None, help="raw per-run JSON (default: --output with .json)")
     parser.add_argument(
         "--table_only", action="store_true", help="rebuild the table from --raw without running anything"
@@ -62,12 +66,21 @@ def add_arguments(parser: argparse.ArgumentParser, output: str | Path, rerun: bo
 
 
 def raw_path(args: argparse.Namespace) -> Path:
-    return Path(args.raw) if args.raw else Path(args.output).with_suffix(".json")
+    if args.raw:
+        return Path(args.raw)
+    if args.output is None:
+        raise SystemExit("--table_only needs --output or --raw")
+    return Path(args.output).with_suffix(".json")
 
 
 def rerun_arg(args: argparse.Namespace) -> bool | set[str]:
     """``--rerun`` as :func:`run_grid` takes it: nothing, everything (no names) or the named runs."""
     return False if args.rerun is None else (set(args.rerun) if args.rerun else True)
+
+
+def command(script: str, argv: list[str] | None = None) -> str:
+    """The command line that ran ``script`` (``argv``, default this process's arguments), for a table's footer."""
+    return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def publish(
@@ -77,12 +90,20 @@ def publish(
     produce: Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]],
 ) -> int:
     """The end of every benchmark script: ``produce()`` the (params, runs), or read them back with ``--table_only``;
-    write the raw JSON and the table made from it. Returns the exit status."""
-    raw = raw_path(args)
-    if args.table_only:
-        params, runs = read_raw(raw)
-    else:
-        params, runs = produce()
-        write_raw(raw, script, params, runs)
+    write the raw JSON and the table made from it. Returns the exit status: 2, with one line on stderr, when the
+    grid is invalid (then nothing ran)."""
+    try:
+        if args.output is None and not args.table_only:  # nothing to write: show the table
+            print(table(*produce()))
+            return 0
+        raw = raw_path(args)
+        if args.table_only:
+            params, runs = read_raw(raw)
+        else:
+            params, runs = produce()
+            write_raw(raw, script, params, runs)
+    except GridError as err:
+        print(f"{script}: error: {err}", file=sys.stderr)
+        return 2
     write_table(args.output, script, table(params, runs), raw)
     return 0

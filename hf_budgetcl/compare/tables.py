@@ -10,11 +10,11 @@ import numpy as np
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "---") -> list[str]:
     """The lines of a markdown table; ``align`` is every column's separator cell (``---:`` right-aligns)."""
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + f"{align}|" * len(header),
-        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
-    ]
+
+    def line(cells: Sequence[Any]) -> str:
+        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+    return [line(header), "|" + f"{align}|" * len(header), *(line(row) for row in rows)]
 
 
 def _pm(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 2) -> str:
