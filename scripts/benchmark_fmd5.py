@@ -15,6 +15,8 @@ run of the same seed are started next to each other, so they see the same machin
 
     python scripts/benchmark_fmd5.py [--seeds 1,2,3] [--methods er,alsar] [--jobs 2] [--per_class_train 1000]
     python scripts/benchmark_fmd5.py --rerun er_seed1 alsar_seed1   # run those two again, reuse the rest
+    python scripts/benchmark_fmd5.py --seeds 1 --plain_seeds "" --rerun --merge   # only the seed-1 pair, into the
+                                                                    # committed fmd5.json's other runs
     python scripts/benchmark_fmd5.py --table_only                   # the table again from docs/results/fmd5.json
 """
 
@@ -205,7 +207,7 @@ def table(params: dict, runs: list[dict]) -> str:
             ]
         )
     lines = [
-        f"FM-D5, seeds {params['seeds']}, {params['per_class_train']} train / {params['per_class_test']} test images "
+        f"FM-D5, seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}, {params['per_class_train']} train / {params['per_class_test']} test images "
         f"per class, {params['jobs']} runs at a time on the 2-core CPU (plus whatever else the machine runs), 1 torch "
         "thread each.",
         "",
@@ -238,7 +240,7 @@ def main() -> int:
     parser.add_argument("--per_class_train", type=int, default=1000)
     parser.add_argument("--per_class_test", type=int, default=500)
     parser.add_argument("--work_dir", default=str(ROOT / "out/fmd5"))
-    publish.add_arguments(parser, ROOT / "docs/results/fmd5.md")
+    publish.add_arguments(parser, ROOT / "docs/results/fmd5.md", merge=True)
     parser.add_argument("--plain_seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plain_out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,10 +260,9 @@ def main() -> int:
                 reuse_unrecorded=True,
             )
         )
-        params = {k: getattr(args, k) for k in ("seeds", "per_class_train", "per_class_test", "jobs")}
-        return params, runs
+        return {k: getattr(args, k) for k in ("per_class_train", "per_class_test", "jobs")}, runs
 
-    return publish.publish(args, SCRIPT, table, produce)
+    return publish.publish(args, SCRIPT, table, produce, key=lambda r: (r["method"], r["seed"]))
 
 
 if __name__ == "__main__":

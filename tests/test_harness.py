@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hf_budgetcl.compare import grid as grid_module
+from hf_budgetcl.compare import publish
 from hf_budgetcl.compare.cli import declare
 from hf_budgetcl.compare.cli import main as compare_main
 from hf_budgetcl.compare.grid import GridError, Run, run_grid, variant_flags
@@ -206,3 +207,14 @@ def test_findings_links_resolve_to_generated_results():
     sections = re.split(r"^## ", text, flags=re.M)[2:]  # after the title and the summary
     for section in sections:
         assert "](results/" in section, f"section '{section.splitlines()[0]}' cites no table"
+
+
+def test_merge_puts_rerun_runs_in_place_of_the_old_ones(tmp_path):
+    raw = tmp_path / "t.json"
+    old = [{"method": m, "seed": s, "A_auc": 0.5} for m, s in (("plain", 1), ("er", 1), ("er", 2))]
+    publish.write_raw(raw, "scripts/x.py", {"n": 1}, old)
+    key = lambda r: (r["method"], r["seed"])
+    runs = publish.merged(raw, {"n": 1}, [{"method": "er", "seed": 1, "A_auc": 0.9}, {"method": "er", "seed": 3}], key)
+    assert [key(r) for r in runs] == [("plain", 1), ("er", 1), ("er", 2), ("er", 3)] and runs[1]["A_auc"] == 0.9
+    with pytest.raises(GridError, match="other parameters"):
+        publish.merged(raw, {"n": 2}, [], key)

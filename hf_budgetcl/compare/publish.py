@@ -46,9 +46,12 @@ def write_table(path: str | Path, script: str, text: str, raw: str | Path | None
     return page
 
 
-def add_arguments(parser: argparse.ArgumentParser, output: str | Path | None, rerun: bool = True) -> None:
-    """``--output`` (the table; ``None``: only printed), ``--raw`` (its JSON, default next to it), ``--table_only``
-    and, for scripts that run a grid, ``--rerun [RUN_DIR_NAME ...]``."""
+def add_arguments(
+    parser: argparse.ArgumentParser, output: str | Path | None, rerun: bool = True, merge: bool = False
+) -> None:
+    """``--output`` (the table; ``None``: only printed), ``--raw`` (its JSON, default next to it), ``--table_only``;
+    for scripts that run a grid ``--rerun [RUN_DIR_NAME ...]``, and ``--merge`` for those whose table takes runs
+    from several invocations."""
     default = None if output is None else str(output)
     parser.add_argument("--output", default=default, help="markdown table to write (default: %(default)s)")
     parser.add_argument("--raw", default=None, help="raw per-run JSON (default: --output with .json)")
@@ -62,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser, output: str | Path | None, re
             default=None,
             metavar="RUN",
             help="run again even if finished: every run, or only the named run directories",
+        )
+    if merge:
+        parser.add_argument(
+            "--merge",
+            action="store_true",
+            help="keep the runs already in --raw that this grid does not make (same parameters required)",
         )
 
 
@@ -83,14 +92,30 @@ def command(script: str, argv: list[str] | None = None) -> str:
     return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
+def merged(
+    raw: Path, params: dict[str, Any], runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
+) -> list[dict[str, Any]]:
+    """The runs of ``raw`` with those of ``runs`` in their place (matched by ``key``), then the new ones."""
+    if not raw.exists():
+        return runs
+    old_params, old_runs = read_raw(raw)
+    if old_params != params:
+        raise GridError(f"--merge: {raw} was made with other parameters ({old_params}, now {params})")
+    new = {key(r): r for r in runs}
+    kept = [new.pop(key(r), r) for r in old_runs]
+    return kept + list(new.values())
+
+
 def publish(
     args: argparse.Namespace,
     script: str,
     table: Table,
     produce: Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]],
+    key: Callable[[dict[str, Any]], Any] | None = None,
 ) -> int:
     """The end of every benchmark script: ``produce()`` the (params, runs), or read them back with ``--table_only``;
-    write the raw JSON and the table made from it. Returns the exit status: 2, with one line on stderr, when the
+    write the raw JSON and the table made from it (with ``--merge``, into the runs already there, matched by
+    ``key``). Returns the exit status: 2, with one line on stderr, when the
     grid is invalid (then nothing ran)."""
     try:
         if args.output is None and not args.table_only:  # nothing to write: show the table
@@ -101,6 +126,8 @@ def publish(
             params, runs = read_raw(raw)
         else:
             params, runs = produce()
+            if getattr(args, "merge", False):
+                runs = merged(raw, params, runs, key)
             write_raw(raw, script, params, runs)
     except GridError as err:
         print(f"{script}: error: {err}", file=sys.stderr)
