@@ -4,7 +4,8 @@
         --output_dir out/compare [--jobs 2] [-- --eval_period 1000 ...overrides for every run]
 
 Each run is a separate ``hf-budgetcl run`` process (one torch thread each, ``--jobs`` at a time), so runs do not
-share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged.
+share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged
+(``--rerun``: run everything again).
 Writes ``summary.json``, ``summary.md`` (A_AUC ± std, A_last ± std, TFLOPs, MB, wall-clock per method),
 ``accuracy_vs_flops.png`` and ``freezing.png``. ``--table_only`` rewrites ``summary.md`` from ``summary.json``.
 """
@@ -45,6 +46,7 @@ def compare(
     output_dir: str,
     jobs: int = 1,
     overrides: Sequence[str] = (),
+    rerun: bool = False,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -60,7 +62,7 @@ def compare(
             bar.update()
 
         threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-        outcomes = run_grid(runs, jobs=jobs, threads=threads, on_done=done)
+        outcomes = run_grid(runs, jobs=jobs, threads=threads, rerun=rerun, on_done=done)
     # The runs as summary.json has always listed them: method and seed first, no grid label.
     results = [{**r.pop("label"), **r} for r in outcomes]
     summary = summarize(results, methods)
@@ -99,6 +101,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
+    parser.add_argument("--rerun", action="store_true", help="run again even where a finished run would be reused")
     parser.add_argument("--table_only", action="store_true", help="rewrite summary.md from summary.json, run nothing")
     args = parser.parse_args(argv)
     if args.table_only:
@@ -108,7 +111,7 @@ def main(argv: Sequence[str]) -> int:
             parser.error("--config and --methods are required (unless --table_only)")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         seeds = [int(s) for s in args.seeds.split(",")]
-        result = compare(args.config, methods, seeds, args.output_dir, args.jobs, overrides)
+        result = compare(args.config, methods, seeds, args.output_dir, args.jobs, overrides, args.rerun)
     print(to_markdown(result["summary"]))
     failed = [r for r in result["runs"] if "error" in r]
     return 1 if failed else 0
