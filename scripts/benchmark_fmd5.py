@@ -164,7 +164,7 @@ def declare(args: argparse.Namespace) -> list[Run]:
     """Each plain run next to the hf_budgetcl runs of its seed, so that the two share the machine's load."""
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    plain_seeds = [int(s) for s in (args.plain_seeds or args.seeds).split(",") if s]
+    plain_seeds = [int(s) for s in (args.seeds if args.plain_seeds is None else args.plain_seeds).split(",") if s]
     sizes = ["--per_class_train", args.per_class_train, "--per_class_test", args.per_class_test]
     runs = []
     for seed in seeds:
@@ -235,7 +235,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--methods", default="er,alsar")
-    parser.add_argument("--plain_seeds", default=None, help="seeds of the plain loop (default: --seeds)")
+    parser.add_argument("--plain_seeds", default=None, help='seeds of the plain loop (default: --seeds; "": none)')
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--per_class_train", type=int, default=1000)
     parser.add_argument("--per_class_test", type=int, default=500)
