@@ -8,29 +8,36 @@ Runs, on this machine and in the same session, so that speeds are comparable as 
 * hf_budgetcl ``er`` and ``alsar`` (and any other ``--methods``) through ``hf-budgetcl run`` with
   ``recipes/configs/fashion_mnist_er.yaml``.
 
-Every run is a separate process with one torch thread; ``--jobs`` of them at a time. A plain run and an hf_budgetcl
-run of the same seed are started next to each other, so they see the same machine load. Writes
-``<work_dir>/fmd5.json`` and the markdown table ``docs/results_fmd5.md``.
+Every run is a separate process with one torch thread (the harness's ``run_grid``); ``--jobs`` of them at a time;
+finished runs under ``--work_dir`` are reused while their arguments are unchanged. A plain run and an hf_budgetcl
+run of the same seed are started next to each other, so they see the same machine load. Writes the table
+``docs/results/fmd5.md`` next to the raw per-run ``docs/results/fmd5.json``.
 
     python scripts/benchmark_fmd5.py [--seeds 1,2,3] [--methods er,alsar] [--jobs 2] [--per_class_train 1000]
+    python scripts/benchmark_fmd5.py --rerun er_seed1 alsar_seed1   # run those two again, reuse the rest
+    python scripts/benchmark_fmd5.py --seeds 1 --plain_seeds "" --rerun --merge   # only the seed-1 pair, into the
+                                                                    # committed fmd5.json's other runs
+    python scripts/benchmark_fmd5.py --table_only                   # the table again from docs/results/fmd5.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import mean_std, write_fragment
+
+from hf_budgetcl.compare import publish
+from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid
+from hf_budgetcl.compare.summary import group, mean_std
+from hf_budgetcl.compare.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
+SCRIPT = "scripts/benchmark_fmd5.py"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -151,88 +158,33 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Orchestration
+# The grid and its table
 # --------------------------------------------------------------------------------------------------------------------
-def run_job(job: tuple[str, int], args: argparse.Namespace) -> dict:
-    method, seed = job
-    run_dir = Path(args.work_dir) / f"{method.replace('+', '_')}_seed{seed}"
-    result = run_dir / ("plain.json" if method == "plain" else "results.json")
-    if result.exists():  # reuse finished runs when the script is restarted
-        return json.loads(result.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    if method == "plain":
-        cmd = [
-            sys.executable,
-            __file__,
-            "--plain_seed",
-            str(seed),
-            "--plain_out",
-            str(result),
-            "--per_class_train",
-            str(args.per_class_train),
-            "--per_class_test",
-            str(args.per_class_test),
-        ]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "hf_budgetcl.cli",
-            "run",
-            "--config",
-            str(CONFIG),
-            "--method",
-            method,
-            "--seed",
-            str(seed),
-            "--output_dir",
-            str(run_dir),
-            "--per_class_train",
-            str(args.per_class_train),
-            "--per_class_test",
-            str(args.per_class_test),
-            "--disable_tqdm",
-            "true",
-            "--report_to",
-            "none",
-            "--save_strategy",
-            "no",
-        ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not result.exists():
-        raise RuntimeError(f"{method} seed {seed} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    out = json.loads(result.read_text())
-    out["process_wall_s"] = time.perf_counter() - t0
-    result.write_text(json.dumps(out))
-    print(
-        f"done {method} seed {seed}: A_AUC {100 * out['A_auc']:.2f} A_last {100 * out['A_last']:.2f} "
-        f"wall {out['wall_time_s']:.0f}s",
-        flush=True,
-    )
-    return out
+def declare(args: argparse.Namespace) -> list[Run]:
+    """Each plain run next to the hf_budgetcl runs of its seed, so that the two share the machine's load."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    plain_seeds = [int(s) for s in (args.seeds if args.plain_seeds is None else args.plain_seeds).split(",") if s]
+    sizes = ["--per_class_train", args.per_class_train, "--per_class_test", args.per_class_test]
+    runs = []
+    for seed in seeds:
+        for method in (["plain"] if seed in plain_seeds else []) + methods:
+            run_dir = Path(args.work_dir) / f"{method.replace('+', '_')}_seed{seed}"
+            label = {"method": method, "seed": seed}
+            if method == "plain":
+                plain = ["--plain_seed", seed, "--plain_out", run_dir / "plain.json", *sizes]
+                runs.append(Run(run_dir, plain, label, command=(sys.executable, __file__), result_name="plain.json"))
+            else:
+                cli = ["--config", CONFIG, "--method", method, "--seed", seed, *sizes, "--save_strategy", "no"]
+                runs.append(Run(run_dir, cli, label))
+    return runs
 
 
-def table(runs: list[dict], methods: list[str], args: argparse.Namespace) -> str:
-    def ms(values: list[float]) -> str:
-        return mean_std(values)
-
+def table(params: dict, runs: list[dict]) -> str:
     plain = [r for r in runs if r["method"] == "plain"]
     plain_speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in plain])
-    lines = [
-        f"FM-D5, seeds {args.seeds}, {args.per_class_train} train / {args.per_class_test} test images per class, "
-        f"{args.jobs} runs at a time on the 2-core CPU (plus whatever else the machine runs), 1 torch thread each.",
-        "",
-        "| system | seeds | A_AUC | A_last | training samples/s | vs plain loop | train TFLOPs | backward saved "
-        "| wall-clock s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for method in ["plain", *methods]:
-        rs = [r for r in runs if r["method"] == method]
-        if not rs:
-            continue
+    rows = []
+    for method, rs in group(runs, lambda r: r["method"]).items():
         speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in rs])
         flops = f"{np.mean([r['train_flops'] for r in rs]) / 1e12:.2f}" if "train_flops" in rs[0] else "–"
         saved = (
@@ -241,42 +193,76 @@ def table(runs: list[dict], methods: list[str], args: argparse.Namespace) -> str
             else "–"
         )
         name = "plain-PyTorch online ER loop (this script)" if method == "plain" else f"hf_budgetcl `{method}`"
-        lines.append(
-            f"| {name} | {','.join(str(r['seed']) for r in rs)} | {ms([100 * r['A_auc'] for r in rs])} "
-            f"| {ms([100 * r['A_last'] for r in rs])} | {speed:.1f} | {speed / plain_speed:.2f}× | {flops} | {saved} "
-            f"| {np.mean([r['wall_time_s'] for r in rs]):.0f} |"
+        rows.append(
+            [
+                name,
+                ",".join(str(r["seed"]) for r in rs),
+                mean_std([100 * r["A_auc"] for r in rs]),
+                mean_std([100 * r["A_last"] for r in rs]),
+                f"{speed:.1f}",
+                f"{speed / plain_speed:.2f}×",
+                flops,
+                saved,
+                f"{np.mean([r['wall_time_s'] for r in rs]):.0f}",
+            ]
         )
-    lines += ["", "Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop."]
+    lines = [
+        f"FM-D5, seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}, {params['per_class_train']} train / {params['per_class_test']} test images "
+        f"per class, {params['jobs']} runs at a time on the 2-core CPU (plus whatever else the machine runs), 1 torch "
+        "thread each.",
+        "",
+        *markdown_table(HEADER, rows),
+        "",
+        "Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop.",
+    ]
     return "\n".join(lines) + "\n"
+
+
+HEADER = [
+    "system",
+    "seeds",
+    "A_AUC",
+    "A_last",
+    "training samples/s",
+    "vs plain loop",
+    "train TFLOPs",
+    "backward saved",
+    "wall-clock s",
+]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--methods", default="er,alsar")
-    parser.add_argument("--plain_seeds", default=None, help="seeds of the plain loop (default: --seeds)")
+    parser.add_argument("--plain_seeds", default=None, help='seeds of the plain loop (default: --seeds; "": none)')
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--per_class_train", type=int, default=1000)
     parser.add_argument("--per_class_test", type=int, default=500)
     parser.add_argument("--work_dir", default=str(ROOT / "out/fmd5"))
-    parser.add_argument("--output", default=str(ROOT / "docs/results_fmd5.md"))
+    publish.add_arguments(parser, ROOT / "docs/results/fmd5.md", merge=True)
     parser.add_argument("--plain_seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--plain_out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_seed is not None:
         plain_loop(args.plain_seed, args.per_class_train, args.per_class_test, args.plain_out)
         return 0
-    seeds = [int(s) for s in args.seeds.split(",")]
-    methods = [m for m in args.methods.split(",") if m]
-    # Pair each plain run with an hf_budgetcl run of the same seed so that the two share the machine's load.
-    plain_seeds = [int(s) for s in (args.plain_seeds or args.seeds).split(",") if s]
-    jobs = [(m, s) for s in seeds for m in (("plain",) if s in plain_seeds else ()) + tuple(methods)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda j: run_job(j, args), jobs))
-    Path(args.work_dir, "fmd5.json").write_text(json.dumps(runs, indent=1))
-    text = table(runs, methods, args)
-    write_fragment(args.output, text)
-    return 0
+
+    def produce() -> tuple[dict, list[dict]]:
+        # Runs from before cmd.json was recorded (the earlier runner) are reused as they are.
+        runs = completed(
+            run_grid(
+                declare(args),
+                jobs=args.jobs,
+                rerun=publish.rerun_arg(args),
+                env=OFFLINE_ENV,
+                cwd=ROOT,
+                reuse_unrecorded=True,
+            )
+        )
+        return {k: getattr(args, k) for k in ("per_class_train", "per_class_test", "jobs")}, runs
+
+    return publish.publish(args, SCRIPT, table, produce, key=lambda r: (r["method"], r["seed"]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Long-stream stability: stream all 60k Fashion-MNIST training images and watch process RSS and speed.
 
-    python scripts/benchmark_long_stream.py                          # writes docs/long_stream.md
-    python scripts/benchmark_long_stream.py --online_iter 0.05 --window 2000 --report /tmp/ls.md
+    python scripts/benchmark_long_stream.py                          # writes docs/results/long_stream.md
+    python scripts/benchmark_long_stream.py --online_iter 0.05 --window 2000 --output /tmp/ls.md
+    python scripts/benchmark_long_stream.py --table_only             # the report again from long_stream.json
 
 A tiny model (digits_resnet) and a small ``online_iter`` keep it cheap: the point is whether anything grows with the
 stream (replay memory, the curve, the ledger, caches, leaked tensors), not accuracy. Every ``--window`` arrivals a
@@ -29,8 +30,12 @@ import numpy as np
 import psutil
 from transformers import TrainerCallback
 
+from hf_budgetcl.compare import publish
+from hf_budgetcl.compare.tables import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+SCRIPT = "scripts/benchmark_long_stream.py"
 
 
 def trimmed_rss_mib(process: psutil.Process) -> tuple[float, float]:
@@ -110,15 +115,8 @@ class StabilityProbe(TrainerCallback):
             self.next_mark += self.window
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--online_iter", type=float, default=0.1)
-    parser.add_argument("--window", type=int, default=5000)
-    parser.add_argument("--per_class_test", type=int, default=100)
-    parser.add_argument("--report", default=str(ROOT / "docs/long_stream.md"))
-    parser.add_argument("--output_dir", default="out/long_stream")
-    opts = parser.parse_args()
-
+def measure(opts: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Stream the whole training set once with the probe attached; (the run's figures, the probe's rows)."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -165,14 +163,27 @@ def main() -> int:
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
-    rows = probe.rows
-    r = trainer.results
     # Diagnostic: repeated evaluations on the full test set must not grow RSS either.
     eval_rss = []
     for _ in range(5):
         trainer.evaluate_at(len(stream))
         eval_rss.append(trimmed_rss_mib(psutil.Process())[1])
+    params = {
+        "online_iter": opts.online_iter,
+        "window": opts.window,
+        "threads": torch.get_num_threads(),
+        "stream_length": len(stream),
+        "test_size": len(test),
+        "rss_before_mib": rss_before,
+        "wall_s": wall,
+        "eval_rss_mib": eval_rss,
+        "results": {k: trainer.results[k] for k in ("A_auc", "A_last", "iterations", "samples_seen")},
+    }
+    return params, probe.rows
 
+
+def table(params: dict, rows: list[dict]) -> str:
+    p, r = params, params["results"]
     # Verdict: growth after warm-up (the first window fills memory and caches), and speed drift between halves.
     after_warmup = rows[1:] if len(rows) > 2 else rows
     rss = np.array([row["rss_mib"] for row in after_warmup])
@@ -183,31 +194,45 @@ def main() -> int:
     flat = abs(rss[-1] - rss[0]) < 10.0 and abs(slope) < 2.0
     trend = np.polyfit([row["samples"] for row in rows], speed, 1)[0] * 10_000 / speed.mean() if len(rows) > 1 else 0.0
     steady = ratio >= 0.85 and trend > -0.05  # no slowdown as the stream goes on
-
+    header = [
+        "samples seen",
+        "RSS raw (MiB)",
+        "RSS trimmed (MiB)",
+        "iterations",
+        "it/s wall",
+        "it/s CPU",
+        "arrivals/s CPU",
+        "memory slots",
+        "curve points",
+    ]
+    cells = [
+        [
+            f"{row['samples']:,}",
+            f"{row['raw_rss_mib']:.1f}",
+            f"{row['rss_mib']:.1f}",
+            f"{row['iterations']:,}",
+            f"{row['iterations_per_s']:.1f}",
+            f"{row['iterations_per_cpu_s']:.1f}",
+            f"{row['arrivals_per_cpu_s']:.0f}",
+            row["memory_slots"],
+            row["curve_points"],
+        ]
+        for row in rows
+    ]
     lines = [
         "# Long-stream stability",
         "",
-        f"`python scripts/benchmark_long_stream.py --online_iter {opts.online_iter} --window {opts.window}` "
-        f"(CPU, {torch.get_num_threads()} thread). Fashion-MNIST, all {len(stream):,} training images as one "
-        f"disjoint 5-task stream; ER, batch 16, 500-sample memory, `digits_resnet`, online_iter {opts.online_iter} "
-        f"({r['iterations']:,} iterations); anytime evaluation every 10,000 arrivals on {len(test):,} test images. "
-        f"RSS before training: {rss_before:.1f} MiB. Wall time {wall:.0f} s on a machine shared with other jobs "
-        "(speed figures are ratios within this run; the CPU-time rate is what the code costs, the wall-clock rate "
-        "also shows how busy the machine was).",
+        f"`python scripts/benchmark_long_stream.py --online_iter {p['online_iter']} --window {p['window']}` "
+        f"(CPU, {p['threads']} thread). Fashion-MNIST, all {p['stream_length']:,} training images as one "
+        f"disjoint 5-task stream; ER, batch 16, 500-sample memory, `digits_resnet`, online_iter {p['online_iter']} "
+        f"({r['iterations']:,} iterations); anytime evaluation every 10,000 arrivals on {p['test_size']:,} test "
+        f"images. RSS before training: {p['rss_before_mib']:.1f} MiB. Wall time {p['wall_s']:.0f} s on a machine "
+        "shared with other jobs (speed figures are ratios within this run; the CPU-time rate is what the code costs, "
+        "the wall-clock rate also shows how busy the machine was).",
         "",
         "RSS: raw, and after `malloc_trim(0)` (live memory; glibc keeps freed evaluation buffers otherwise).",
         "",
-        "| samples seen | RSS raw (MiB) | RSS trimmed (MiB) | iterations | it/s wall | it/s CPU | arrivals/s CPU "
-        "| memory slots | curve points |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['samples']:,} | {row['raw_rss_mib']:.1f} | {row['rss_mib']:.1f} | "
-            f"{row['iterations']:,} | {row['iterations_per_s']:.1f} | {row['iterations_per_cpu_s']:.1f} | "
-            f"{row['arrivals_per_cpu_s']:.0f} | {row['memory_slots']} | {row['curve_points']} |"
-        )
-    lines += [
+        *markdown_table(header, cells, align="---:"),
         "",
         f"- Trimmed RSS from {after_warmup[0]['samples']:,} to {rows[-1]['samples']:,} samples: "
         f"{rss[0]:.1f} -> {rss[-1]:.1f} MiB ({rss[-1] - rss[0]:+.1f} MiB); fitted slope {slope:+.2f} MiB per 10k "
@@ -215,8 +240,8 @@ def main() -> int:
         f"- Speed (iterations per CPU second), second half of the stream / first half: {ratio:.3f} "
         f"(mean {speed[:half].mean():.1f} vs {speed[half:].mean():.1f} it/CPU-s; range {speed.min():.1f} to "
         f"{speed.max():.1f}); fitted trend {100 * trend:+.1f}% of the mean per 10k samples.",
-        f"- After the run, 5 more evaluations on all {len(test):,} test images: RSS "
-        f"{' -> '.join(f'{x:.1f}' for x in eval_rss)} MiB.",
+        f"- After the run, 5 more evaluations on all {p['test_size']:,} test images: RSS "
+        f"{' -> '.join(f'{x:.1f}' for x in p['eval_rss_mib'])} MiB.",
         f"- A_AUC {100 * r['A_auc']:.2f}, A_last {100 * r['A_last']:.2f}, {r['iterations']:,} iterations, "
         f"{r['samples_seen']:,} samples.",
         "",
@@ -227,11 +252,19 @@ def main() -> int:
         "the machine, so the rate wanders with their load, in both directions.)",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    Path(opts.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(opts.report).write_text(report)
-    return 0
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--online_iter", type=float, default=0.1)
+    parser.add_argument("--window", type=int, default=5000)
+    parser.add_argument("--per_class_test", type=int, default=100)
+    parser.add_argument("--output_dir", default="out/long_stream")
+    publish.add_arguments(parser, ROOT / "docs/results/long_stream.md", rerun=False)
+    parser.add_argument("--report", dest="output", help=argparse.SUPPRESS)  # the earlier name of --output
+    opts = parser.parse_args()
+    return publish.publish(opts, SCRIPT, table, lambda: measure(opts))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ Every ``--every`` retrievals after SAR's warm-up it records, from the state the 
     python scripts/diagnose_sar.py -- --config recipes/configs/fashion_mnist_er.yaml --method sar \
         --per_class_train 200 --per_class_test 100 --memory_size 200 --output_dir /tmp/diag_sar
 
-Everything after ``--`` is passed to ``hf-budgetcl run``. Prints a table, writes it with the run's results as
-``diagnose_sar.json`` in the run's output directory and, with ``--output``, as a markdown fragment.
+Everything after ``--`` is passed to ``hf-budgetcl run`` (it must name ``--output_dir``). The observed run is one
+process of the harness's ``run_grid`` (this script again, with ``--observe``), so a finished run with the same
+arguments is reused; it leaves ``diagnose_sar.json`` (the records and the run's results) in its output directory.
+Prints the table or, with ``--output docs/results/sar_diagnosis.md``, writes it next to its raw
+``sar_diagnosis.json``; ``--table_only`` rebuilds it from that alone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from hf_budgetcl.compare import publish
+from hf_budgetcl.compare.grid import OFFLINE_ENV, GridError, Run, completed, run_grid
+from hf_budgetcl.compare.tables import markdown_table
+
+SCRIPT = "scripts/diagnose_sar.py"
 
 
 def observe(records: list[dict], every: int):
@@ -79,16 +88,10 @@ def observe(records: list[dict], every: int):
     SAR.retrieve = retrieve
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--every", type=int, default=25, help="describe every n-th draw")
-    parser.add_argument("--output", default=None, help="markdown fragment to write, e.g. docs/sar_diagnosis.md")
-    parser.add_argument("run_args", nargs=argparse.REMAINDER, help="-- then the hf-budgetcl run arguments")
-    args = parser.parse_args()
-    run_args = [a for a in args.run_args if a != "--"]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def observed_run(every: int, run_args: list[str]) -> None:
+    """The ``--observe`` process: run ``hf-budgetcl run <run_args>`` here with SAR's draw observed."""
     records: list[dict] = []
-    observe(records, args.every)
+    observe(records, every)
 
     from hf_budgetcl.methods.sar import SAR
     from hf_budgetcl.runs import image_classification
@@ -109,31 +112,52 @@ def main() -> int:
     trainer = image_classification.run(run_args)
     out = Path(trainer.args.output_dir)
     results = json.loads((out / "results.json").read_text())
+    (out / "diagnose_sar.json").write_text(json.dumps({"records": records, "results": results}, indent=1))
+
+
+def table(params: dict, runs: list[dict]) -> str:
+    records, results = runs[0]["records"], runs[0]["results"]
     keys = list(records[0]) if records else []
+    cells = [[f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in records]
     lines = [
         f"`{results['method']}` on a {results['stream']['kind'] if isinstance(results.get('stream'), dict) else ''} "
         f"stream, {results['memory_slots']} memory slots, batch {results['batch_size']}, seed {results['seed']}: "
-        f"A_AUC {100 * results['A_auc']:.2f}, A_last {100 * results['A_last']:.2f}. One row every {args.every} "
+        f"A_AUC {100 * results['A_auc']:.2f}, A_last {100 * results['A_last']:.2f}. One row every {params['every']} "
         "draws after SAR's warm-up; columns as in the script's docstring.",
         "",
-        "| " + " | ".join(keys) + " |",
-        "|" + "---|" * len(keys),
-        *(
-            "| " + " | ".join(f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
-            for r in records
-        ),
+        *markdown_table(keys, cells),
         "",
-        f"Command: `python scripts/diagnose_sar.py {' '.join(sys.argv[1:])}`",
+        f"Command: `{params['command']}`",
     ]
-    (out / "diagnose_sar.json").write_text(json.dumps({"records": records, "results": results}, indent=1))
-    if args.output:
-        from bench_common import write_fragment
+    return "\n".join(lines) + "\n"
 
-        write_fragment(args.output, "\n".join(lines) + "\n")
-    else:
-        print("\n".join(lines))
-    return 0
 
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--every", type=int, default=25, help="describe every n-th draw")
+    publish.add_arguments(parser, None)
+    parser.add_argument("--observe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("run_args", nargs=argparse.REMAINDER, help="-- then the hf-budgetcl run arguments")
+    args = parser.parse_args()
+    run_args = [a for a in args.run_args if a != "--"]
+    if args.observe:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        observed_run(args.every, run_args)
+        return 0
+
+    def produce() -> tuple[dict, list[dict]]:
+        observed = Run(Path("."), ["--every", args.every, "--", *run_args])
+        output_dir = observed.option("--output_dir")
+        if output_dir is None:
+            raise GridError("diagnose_sar: the hf-budgetcl run arguments must name --output_dir")
+        grid = [Run(output_dir, observed.args, command=(sys.executable, __file__, "--observe"), result_name=NAME)]
+        runs = completed(run_grid(grid, rerun=publish.rerun_arg(args), env=OFFLINE_ENV))
+        return {"every": args.every, "command": publish.command(SCRIPT)}, runs
+
+    return publish.publish(args, SCRIPT, table, produce)
+
+
+NAME = "diagnose_sar.json"
 
 if __name__ == "__main__":
     sys.exit(main())

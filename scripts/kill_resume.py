@@ -1,6 +1,6 @@
 """Kill a run with SIGKILL at 3 random points, resume it each time with ``--resume``, compare with an uninterrupted run.
 
-    python scripts/kill_resume.py [--out out/kill_resume] [--kills 3] [--seed 0] [--report docs/kill_resume.md]
+    python scripts/kill_resume.py [--out out/kill_resume] [--kills 3] [--seed 0] [--report docs/results/kill_resume.md]
         [-- extra hf-budgetcl run arguments]
 
 Each attempt runs ``hf-budgetcl run <args> --resume true`` in a subprocess; once it has written a checkpoint beyond
@@ -177,10 +177,12 @@ def main() -> int:
         "",
     ]
     report = "\n".join(lines)
-    print(report)
     if opts.report:
-        Path(opts.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.report).write_text(report)
+        from hf_budgetcl.compare.publish import write_table
+
+        write_table(opts.report, "scripts/kill_resume.py", report)
+    else:
+        print(report)
     return 0 if ok else 1
 
 

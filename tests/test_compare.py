@@ -3,7 +3,8 @@ import json
 import pytest
 
 from hf_budgetcl.cli import main
-from hf_budgetcl.compare.harness import summarize, to_markdown
+from hf_budgetcl.compare.summary import summarize
+from hf_budgetcl.compare.tables import to_markdown
 
 
 def _fake(method, seed, auc, flops):

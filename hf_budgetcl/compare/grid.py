@@ -1,0 +1,198 @@
+"""A declared grid of runs and ``run_grid``, the one runner every benchmark goes through.
+
+A :class:`Run` is one process: ``hf-budgetcl run <args>`` (or, with ``command``, another program such as a benchmark's
+own reference loop) writing into ``run_dir``. :func:`run_grid` validates the whole grid first (unknown methods,
+missing config files, duplicate run directories; malformed ``name:key=value`` variants fail where they are declared,
+in :func:`variant_flags`), so a typo stops everything before anything starts. Then it runs ``jobs`` processes at a
+time, one torch thread each, a log per run; a run that fails does not stop the others and comes back as
+``{"error": ...}``. A finished run is reused only when its recorded arguments (``cmd.json``) match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class GridError(ValueError):
+    """An invalid grid entry; the message is one line that names it."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One process of a grid.
+
+    ``args``: the ``hf-budgetcl run`` arguments (``--output_dir``, ``--report_to none`` and ``--disable_tqdm true`` are
+    added, ahead of them so that ``args`` win), or the arguments of ``command`` when it is given (then nothing is
+    added). ``result_name``: the JSON file the process leaves in ``run_dir``. ``label``: what the tables group by
+    (method entry, seed, stream, ...); it is added to the result under ``"label"``."""
+
+    run_dir: Path
+    args: tuple[str, ...]
+    label: Mapping[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    result_name: str = "results.json"
+
+    def __post_init__(self):
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+        object.__setattr__(self, "args", tuple(str(a) for a in self.args))
+        if self.command is not None:
+            object.__setattr__(self, "command", tuple(str(a) for a in self.command))
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def option(self, flag: str) -> str | None:
+        """The last value given for ``--flag`` (``--flag value`` or ``--flag=value``) in ``args``; later flags win."""
+        value = None
+        for i, arg in enumerate(self.args):
+            if arg == flag and i + 1 < len(self.args):
+                value = self.args[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg.split("=", 1)[1]
+        return value
+
+
+def known_methods() -> Collection[str]:
+    """The method registry: the one place the harness looks names up (so registered plug-ins are seen too)."""
+    from ..methods import METHODS
+
+    return METHODS
+
+
+def variant_flags(entry: str) -> tuple[str, list[str]]:
+    """``"sar:sar_temperature=0.03,similarity_ema=0.01"`` -> ``("sar", ["--sar_temperature", "0.03", ...])``; later
+    flags win, so a variant's ``memory_size`` caps the slots while the byte budget stays the common one."""
+    name, _, options = entry.partition(":")
+    pairs = [kv.split("=", 1) for kv in options.split(",") if kv]
+    if not name or any(len(kv) != 2 or not kv[0] for kv in pairs):
+        raise GridError(f"variant {entry!r}: expected name[:key=value,...]")
+    return name, [x for k, v in pairs for x in (f"--{k}", v)]
+
+
+def variant_dirname(entry: str) -> str:
+    """A run directory name for a ``name:key=value,...`` entry (no path separators)."""
+    return entry.replace(":", "+").replace(",", "+").replace("/", "_")
+
+
+def validate(runs: Sequence[Run]) -> None:
+    """Raise :class:`GridError` for the first invalid entry: a method the registry does not know, a config file that
+    does not exist, two runs in one directory."""
+    methods = None
+    seen: dict[Path, Run] = {}
+    for run in runs:
+        where = f"run {run.name}"
+        method = run.option("--method")
+        if method is not None:
+            methods = known_methods() if methods is None else methods
+            if method not in methods:
+                raise GridError(f"{where}: unknown method '{method}'; choose from: {', '.join(sorted(methods))}")
+        config = run.option("--config")
+        if config is not None and not Path(config).is_file():
+            raise GridError(f"{where}: config file not found: {config}")
+        key = run.run_dir.resolve()
+        if key in seen:
+            raise GridError(f"{where}: run directory {run.run_dir} is used twice")
+        seen[key] = run
+
+
+def reusable(run: Run, reuse_unrecorded: bool = False) -> bool:
+    """Whether ``run_dir`` holds a finished run made with the same arguments (``cmd.json``). A finished run without
+    ``cmd.json`` (made before it was recorded) counts only with ``reuse_unrecorded``."""
+    if not (run.run_dir / run.result_name).exists():
+        return False
+    recorded = run.run_dir / "cmd.json"
+    if not recorded.exists():
+        return reuse_unrecorded
+    return json.loads(recorded.read_text()) == list(run.args)
+
+
+def command_line(run: Run) -> list[str]:
+    if run.command is not None:
+        return [*run.command, *run.args]
+    fixed = ["--output_dir", str(run.run_dir), "--report_to", "none", "--disable_tqdm", "true"]
+    return [sys.executable, "-m", "hf_budgetcl.cli", "run", *fixed, *run.args]
+
+
+def run_one(
+    run: Run,
+    threads: int = 1,
+    rerun: bool = False,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    reuse_unrecorded: bool = False,
+) -> dict[str, Any]:
+    """Run (or reuse) one entry; returns its result JSON with ``label`` added, or ``{"label", "error"}``."""
+    result_path = run.run_dir / run.result_name
+    if not rerun and reusable(run, reuse_unrecorded):
+        return {**json.loads(result_path.read_text()), "label": dict(run.label)}
+    if result_path.exists():
+        print(f"  {run.name}: arguments changed or --rerun, running again", file=sys.stderr, flush=True)
+        result_path.unlink()
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "cmd.json").write_text(json.dumps(list(run.args)))
+    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
+    start = time.perf_counter()
+    proc = subprocess.run(command_line(run), cwd=cwd, env=full_env, capture_output=True, text=True)
+    (run.run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or not result_path.exists():
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"  {run.name}: failed ({proc.returncode}): {tail}", file=sys.stderr, flush=True)
+        return {"label": dict(run.label), "error": tail, "process_wall_s": wall}
+    print(f"  {run.name}: {wall:.0f} s", file=sys.stderr, flush=True)
+    return {**json.loads(result_path.read_text()), "label": dict(run.label), "process_wall_s": wall}
+
+
+def run_grid(
+    runs: Sequence[Run],
+    jobs: int = 1,
+    threads: int = 1,
+    rerun: bool | Collection[str] = False,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    reuse_unrecorded: bool = False,
+    on_done: Callable[[Run, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Validate ``runs``, then run them ``jobs`` at a time; returns their results in the order of ``runs``.
+
+    ``rerun``: ``True`` reruns every run, a collection of run-directory names only those."""
+    validate(runs)
+    should_rerun = (lambda run: rerun) if isinstance(rerun, bool) else (lambda run: run.name in rerun)
+
+    def one(run: Run) -> dict[str, Any]:
+        result = run_one(run, threads, should_rerun(run), env, cwd, reuse_unrecorded)
+        if on_done is not None:
+            on_done(run, result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, runs))
+
+
+def failures(results: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per failed run of a :func:`run_grid` result list."""
+    return [f"{r['label']}: {r['error']}" for r in results if "error" in r]
+
+
+def completed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results`` when every run finished; otherwise exit with one line per failed run (all of them ran)."""
+    if failed := failures(results):
+        raise SystemExit("failed runs:\n" + "\n".join(failed))
+    return results

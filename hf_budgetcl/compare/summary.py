@@ -1,0 +1,61 @@
+"""Aggregation over seeds: mean ± sample std (ddof 1), the paired difference per seed, a method's summary row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std with ddof 1); the std is 0 for a single value."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std, ddof 1) of ``values * scale``; only the mean for a single value."""
+    v = np.asarray(list(values), dtype=float) * scale
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+
+
+def paired_difference(
+    runs: Sequence[dict], baseline: Sequence[dict] | None, key: str = "A_auc", scale: float = 100.0
+) -> str:
+    """Mean ± std over seeds of ``run[key] - baseline[key]``, the lists aligned by seed: the seed's stream order and
+    initialisation are shared, so the spread is the method's own, not the seeds'. "–" without a baseline or for the
+    baseline itself."""
+    if not baseline or runs is baseline:
+        return "–"
+    return mean_std([a[key] - b[key] for a, b in zip(runs, baseline)], scale)
+
+
+def group(results: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list[dict]]:
+    """Results grouped by ``key(result)``, groups and members in first-seen order."""
+    groups: dict[Any, list[dict]] = {}
+    for r in results:
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
+def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Per method: mean and std of the headline metrics over its successful runs, or the errors of its failed ones."""
+    summary: dict[str, Any] = {}
+    for method in methods:
+        ok = [r for r in runs if r["method"] == method and "error" not in r]
+        if not ok:
+            summary[method] = {"errors": [r.get("error") for r in runs if r["method"] == method]}
+            continue
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in ok]}
+        for key in ("A_auc", "A_last", "F_last", "train_flops", "wall_time_s", "backward_flops_saved_fraction"):
+            row[key], row[f"{key}_std"] = mean_and_std([r[key] for r in ok])
+        row["memory_bytes"] = float(np.mean([r["memory_bytes"]["total"] for r in ok]))
+        row["memory_budget_bytes"] = ok[0]["memory_budget_bytes"]
+        row["flops_budget"] = ok[0]["flops_budget"]
+        row["iterations"] = float(np.mean([r["iterations"] for r in ok]))
+        row["train_samples_per_s"] = float(
+            np.mean([r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok])
+        )
+        summary[method] = row
+    return summary

@@ -1,0 +1,46 @@
+"""Markdown tables: the ``hf-budgetcl compare`` summary and the generic table the benchmark scripts build theirs with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "---") -> list[str]:
+    """The lines of a markdown table; ``align`` is every column's separator cell (``---:`` right-aligns)."""
+
+    def line(cells: Sequence[Any]) -> str:
+        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+    return [line(header), "|" + f"{align}|" * len(header), *(line(row) for row in rows)]
+
+
+def _pm(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` of a summary entry; ``–`` when undefined (F_last of a single evaluation), no ``±`` for one seed."""
+    mean, std = row[key] * scale, row[f"{key}_std"] * scale
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(row["seeds"]) > 1 else "")
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    """The ``summary.md`` table of ``hf-budgetcl compare``."""
+    lines = [
+        "| method | seeds | A_AUC | A_last | F_last | TFLOPs | bwd saved | memory MB | iterations | "
+        "train samples/s | wall-clock s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, row in summary.items():
+        if "errors" in row:
+            lines.append(f"| {method} | failed: {row['errors'][0]} |" + " |" * 9)
+            continue
+        lines.append(
+            f"| {method} | {','.join(map(str, row['seeds']))} "
+            f"| {_pm(row, 'A_auc')} | {_pm(row, 'A_last')} | {_pm(row, 'F_last')} "
+            f"| {row['train_flops'] / 1e12:.3f} | {100 * row['backward_flops_saved_fraction']:.1f}% "
+            f"| {row['memory_bytes'] / 1e6:.2f} | {row['iterations']:.0f} | {row['train_samples_per_s']:.1f} "
+            f"| {_pm(row, 'wall_time_s', 1.0, 0)} |"
+        )
+    return "\n".join(lines) + "\n"
