@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils.errors import ConfigError
+
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -29,7 +31,7 @@ OFFLINE_ENV = {
 }
 
 
-class GridError(ValueError):
+class GridError(ConfigError):
     """An invalid grid entry; the message is one line that names it."""
 
 
@@ -126,7 +128,9 @@ def reusable(run: Run, reuse_unrecorded: bool = False) -> bool:
 def command_line(run: Run) -> list[str]:
     if run.command is not None:
         return [*run.command, *run.args]
+    # A run the harness reruns replaces its own earlier attempt (results, checkpoints) in its run directory.
     fixed = ["--output_dir", str(run.run_dir), "--report_to", "none", "--disable_tqdm", "true"]
+    fixed += ["--overwrite_output_dir", "true"]
     return [sys.executable, "-m", "hf_budgetcl.cli", "run", *fixed, *run.args]
 
 
