@@ -173,6 +173,21 @@ class BudgetedCLConfig(TrainingArguments):
         },
     )
 
+    def stream_arguments(self) -> tuple[int, dict]:
+        """The seed and the keyword arguments of :func:`~hf_budgetcl.stream.orders.build_stream` for ``stream``."""
+        seed = self.stream_seed if self.stream_seed is not None else self.seed
+        params = {
+            "disjoint": {"n_tasks": self.n_tasks},
+            "gaussian": {"sigma": self.sigma, "repeat": self.repeat, "init_cls": self.init_cls},
+            "si_blurry": {
+                "n_tasks": self.n_tasks,
+                "disjoint_class_ratio": self.disjoint_class_ratio,
+                "blurry_ratio": self.blurry_ratio,
+            },
+            "domain": {},
+        }[self.stream]
+        return seed, params
+
     def __post_init__(self):
         METHODS.get_class(self.method)  # an unknown name is a one-line error listing the choices
         if self.stream not in STREAM_KINDS:

@@ -168,7 +168,7 @@ def test_two_process_ddp_ranks_agree(tmp_path):
 
 
 def test_curve_records_frozen_blocks_over_the_stream(tmp_path):
-    from hf_budgetcl.compare.harness import plot
+    from hf_budgetcl.compare.plots import plot
     from hf_budgetcl.evaluation.metrics import frozen_blocks_per_interval
 
     trainer = digits_trainer(

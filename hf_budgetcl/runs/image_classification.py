@@ -88,17 +88,7 @@ def make_stream(config: BudgetedCLConfig, train, data_args: DataArguments) -> St
     labels = np.asarray(train["label"])
     if config.stream_file:
         return StreamOrder.from_json(config.stream_file, labels=labels)
-    seed = config.stream_seed if config.stream_seed is not None else config.seed
-    params = {
-        "disjoint": {"n_tasks": config.n_tasks},
-        "gaussian": {"sigma": config.sigma, "repeat": config.repeat, "init_cls": config.init_cls},
-        "si_blurry": {
-            "n_tasks": config.n_tasks,
-            "disjoint_class_ratio": config.disjoint_class_ratio,
-            "blurry_ratio": config.blurry_ratio,
-        },
-        "domain": {},
-    }[config.stream]
+    seed, params = config.stream_arguments()
     domains = None
     if config.stream == "domain":
         if not data_args.domain_column or data_args.domain_column not in train.column_names:

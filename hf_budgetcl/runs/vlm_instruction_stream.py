@@ -17,7 +17,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -155,18 +155,9 @@ def load_data(data_args: DataArguments, seed: int = 0):
 def make_stream(config: BudgetedCLConfig, labels: np.ndarray, data_args: DataArguments) -> StreamOrder:
     if config.stream_file:
         return StreamOrder.from_json(config.stream_file, labels=labels)
-    seed = config.stream_seed if config.stream_seed is not None else config.seed
-    params: dict[str, Any] = {
-        "disjoint": {"n_tasks": config.n_tasks},
-        "gaussian": {"sigma": config.sigma, "repeat": config.repeat, "init_cls": config.init_cls},
-        "si_blurry": {
-            "n_tasks": config.n_tasks,
-            "disjoint_class_ratio": config.disjoint_class_ratio,
-            "blurry_ratio": config.blurry_ratio,
-        },
-    }.get(config.stream)
-    if params is None:
+    if config.stream == "domain":
         raise ConfigError(f"stream: '{config.stream}' is not supported by the VLM recipe (no domain column)")
+    seed, params = config.stream_arguments()
     if config.stream == "disjoint" and data_args.concept_order == "label":
         params["class_order"] = np.unique(labels)  # shapes, then colours, then yes/no for easy_vqa
     elif data_args.concept_order not in ("label", "random"):
