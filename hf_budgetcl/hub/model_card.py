@@ -173,6 +173,26 @@ def _budget_rows(results: dict[str, Any]) -> tuple[list[tuple[str, str, str]], l
     return flops, memory
 
 
+def _task_matrix(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's accuracy-matrix tables (rows: after each task; columns: the tasks), or None without a matrix."""
+    matrix, names = results.get("accuracy_matrix"), results.get("task_names")
+    if not matrix or not names:
+        return None
+    baselines = results.get("majority_baseline_per_task", {})
+    metrics = [
+        ("A_last (mean over tasks)", _pct(results.get("A_last_tasks"))),
+        ("average forgetting", _pct(results.get("forgetting"))),
+        ("BWT", _pct(results.get("BWT"))),
+        ("majority baseline (mean over tasks)", _pct(results.get("majority_baseline_task_mean"))),
+    ]
+    metrics += [(f"  majority baseline, {name}", _pct(baselines.get(name))) for name in names]
+    return {
+        "names": list(names),
+        "rows": [(names[i] if i < len(names) else str(i), [_pct(v) for v in row]) for i, row in enumerate(matrix)],
+        "metrics": metrics,
+    }
+
+
 def _load_snippet(repo_id: str, task_type: str) -> str:
     if task_type == "image-classification":
         return (
@@ -267,6 +287,7 @@ def build_model_card(
         stream={"kind": stream["kind"], "length": stream["length"], "seed": stream_seed, "params": params},
         n_evaluations=len(results.get("curve", [])),
         accuracy={k: _pct(results.get(k)) for k in ("A_auc", "A_last", "F_last")},
+        task_matrix=_task_matrix(results),
         flops_rows=flops_rows,
         memory_rows=memory_rows,
         hyperparameters=hyperparameters(config),

@@ -28,6 +28,7 @@ from ..utils.validation import check_numbers
 from .arguments import ConfigParser
 
 TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")
+MULTI_DOMAIN = "multi_domain"  # the built-in multi-domain instruction stream (hf_budgetcl.data.instruction_tasks)
 # Module-name parts of the vision side (tower + projector/merger) across LLaVA, Qwen2-VL, Idefics3, PaliGemma.
 VISION_PARTS = ("vision_tower", "visual", "vision_model", "multi_modal_projector", "connector")
 
@@ -88,10 +89,17 @@ class DataArguments:
         "max_train_images": ">= 1",
         "max_train_questions": ">= 1",
         "max_test_questions": ">= 1",
+        "task_train_size": ">= 1",
+        "task_test_size": ">= 1",
+        "task_image_size": ">= 1",
+        "task_order_seed": ">= 0",
     }
     dataset: str = field(
         default="easy_vqa",
-        metadata={"help": "easy_vqa | a local .jsonl | a local imagefolder | a Hub dataset name."},
+        metadata={
+            "help": f"easy_vqa | {MULTI_DOMAIN} (one instruction task per domain, see tasks) | a local .jsonl | "
+            "a local imagefolder | a Hub dataset name."
+        },
     )
     test_dataset: str | None = field(default=None, metadata={"help": "Held-out questions (jsonl/imagefolder/Hub)."})
     test_split: str = field(default="test", metadata={"help": "Split of the held-out questions (imagefolder/Hub)."})
@@ -105,10 +113,33 @@ class DataArguments:
     image_column: str = field(default="image", metadata={"help": "Image column of a generic dataset."})
     question_column: str = field(default="question", metadata={"help": "Question/instruction column."})
     answer_column: str = field(default="answer", metadata={"help": "Answer column."})
-    concept_column: str = field(default="concept", metadata={"help": "Concept/task column (the stream's class)."})
+    concept_column: str = field(
+        default="concept",
+        metadata={"help": "Concept/task column (the stream's class); a dataset without 'concept' may have 'task'."},
+    )
+    tasks: str | None = field(
+        default=None,
+        metadata={
+            "help": f"{MULTI_DOMAIN}: comma list of tasks (default all: shape,color,yes_no,fashion,digits,words)."
+        },
+    )
+    task_order: str = field(
+        default="given",
+        metadata={"help": f"{MULTI_DOMAIN}: given (the tasks list) | random (by task_order_seed, else the run seed)."},
+    )
+    task_order_seed: int | None = field(default=None, metadata={"help": "Seed of a random task order."})
+    task_train_size: int = field(default=200, metadata={"help": f"{MULTI_DOMAIN}: training rows per task."})
+    task_test_size: int = field(default=50, metadata={"help": f"{MULTI_DOMAIN}: held-out rows per task."})
+    task_image_size: int = field(default=32, metadata={"help": f"{MULTI_DOMAIN}: image side in pixels."})
+    accuracy_matrix: bool = field(
+        default=True,
+        metadata={"help": "Evaluate every task at each task boundary (accuracy matrix, forgetting, BWT)."},
+    )
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
+        if self.task_order not in ("given", "random"):
+            raise ConfigError(f"task_order: expected given or random, got {self.task_order!r}")
 
 
 def make_parser() -> ConfigParser:
@@ -123,7 +154,7 @@ def _subset(ds, n: int | None, seed: int):
 
 def load_data(data_args: DataArguments, seed: int = 0):
     """(train, test) datasets with columns image, question, answer, concept, label."""
-    from ..data.vqa import load_easy_vqa, load_vqa_dataset
+    from ..data.vqa import load_easy_vqa
 
     columns = dict(
         image_column=data_args.image_column,
@@ -134,14 +165,24 @@ def load_data(data_args: DataArguments, seed: int = 0):
     if data_args.dataset == "easy_vqa":
         train = load_easy_vqa("train", data_args.max_train_images, seed=seed, concepts=data_args.concepts)
         test = load_easy_vqa("test", concepts=data_args.concepts)
+    elif data_args.dataset == MULTI_DOMAIN:
+        from ..data.instruction_tasks import build_instruction_tasks
+
+        train, test = build_instruction_tasks(
+            data_args.tasks,
+            train_size=data_args.task_train_size,
+            test_size=data_args.task_test_size,
+            image_size=data_args.task_image_size,
+            seed=seed,
+        )
     else:
-        train, names = load_vqa_dataset(data_args.dataset, split="train", **columns)
+        train, names = _load_user_dataset(data_args.dataset, "train", columns)
         if data_args.test_dataset is not None:
-            test, test_names = load_vqa_dataset(data_args.test_dataset, split=data_args.test_split, **columns)
+            test, test_names = _load_user_dataset(data_args.test_dataset, data_args.test_split, columns)
         elif os.path.isfile(data_args.dataset):  # a single jsonl: hold out a fifth of the rows
             test, test_names = None, names
         else:
-            test, test_names = load_vqa_dataset(data_args.dataset, split=data_args.test_split, **columns)
+            test, test_names = _load_user_dataset(data_args.dataset, data_args.test_split, columns)
         if test is None:
             order = np.random.default_rng(seed).permutation(len(train))
             cut = max(len(train) // 5, 1)
@@ -152,13 +193,44 @@ def load_data(data_args: DataArguments, seed: int = 0):
     return train, _subset(test, data_args.max_test_questions, seed + 1)
 
 
+def _load_user_dataset(name: str, split: str, columns: dict[str, str]):
+    """``load_vqa_dataset``, with a ``task`` column standing in for a missing default ``concept`` column."""
+    from ..data.vqa import load_vqa_dataset
+
+    try:
+        ds, names = load_vqa_dataset(name, split=split, **columns)
+    except ConfigError as err:
+        if columns["concept_column"] != "concept" or "'concept'" not in str(err):
+            raise
+        try:
+            ds, names = load_vqa_dataset(name, split=split, **{**columns, "concept_column": "task"})
+        except ConfigError:
+            raise err from None  # neither column: the error names the one asked for
+    empty = [n for n in names if not n.strip() or n == "None"]
+    if empty:
+        raise ConfigError(f"{name}: rows with an empty concept/task ({empty[0]!r}); every row needs its task")
+    return ds, names
+
+
+def task_order(data_args: DataArguments, n_tasks: int, seed: int) -> np.ndarray:
+    """The labels of the multi-domain tasks in arrival order: as listed, or a seeded permutation."""
+    if data_args.task_order == "given":
+        return np.arange(n_tasks)
+    order_seed = data_args.task_order_seed if data_args.task_order_seed is not None else seed
+    return np.random.default_rng(order_seed).permutation(n_tasks)
+
+
 def make_stream(config: BudgetedCLConfig, labels: np.ndarray, data_args: DataArguments) -> StreamOrder:
     if config.stream_file:
         return StreamOrder.from_json(config.stream_file, labels=labels)
     if config.stream == "domain":
         raise ConfigError(f"stream: '{config.stream}' is not supported by the VLM recipe (no domain column)")
     seed, params = config.stream_arguments()
-    if config.stream == "disjoint" and data_args.concept_order == "label":
+    if config.stream == "disjoint" and data_args.dataset == MULTI_DOMAIN:
+        # Task-incremental: one task per domain, whatever n_tasks says.
+        n = len(np.unique(labels))
+        params.update(n_tasks=n, class_order=task_order(data_args, n, config.seed))
+    elif config.stream == "disjoint" and data_args.concept_order == "label":
         params["class_order"] = np.unique(labels)  # shapes, then colours, then yes/no for easy_vqa
     elif data_args.concept_order not in ("label", "random"):
         raise ConfigError(f"concept_order: expected label or random, got {data_args.concept_order!r}")
@@ -236,6 +308,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
 
     from ..data.vlm_collator import VLMInstructionCollator
     from ..data.vqa import vqa_sample_nbytes
+    from ..evaluation.task_matrix import TaskMatrixEvaluator
     from ..evaluation.vqa import VQAEvaluator
     from ..training.trainer import BudgetedCLTrainer
 
@@ -258,6 +331,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         batch_size=config.per_device_eval_batch_size,
         max_new_tokens=model_args.max_new_tokens,
     )
+    if data_args.accuracy_matrix and stream.task_boundaries:
+        evaluator = TaskMatrixEvaluator(evaluator, stream, class_names=train.features["label"].names)
     trainer = BudgetedCLTrainer(
         model=model,
         args=config,
@@ -268,6 +343,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         data_collator=collator,
         processing_class=processor,
     )
+    if isinstance(evaluator, TaskMatrixEvaluator):
+        trainer.add_callback(evaluator.callback(trainer))
     trainer.train()
     stream.to_json(os.path.join(config.output_dir, "stream.json"))
     trainer.save_model()  # LoRA: the adapter (+ base path in adapter_config.json); full FT: the whole model
