@@ -200,12 +200,13 @@ def _load_user_dataset(name: str, split: str, columns: dict[str, str]):
     try:
         ds, names = load_vqa_dataset(name, split=split, **columns)
     except ConfigError as err:
-        if columns["concept_column"] != "concept" or "'concept'" not in str(err):
+        if columns["concept_column"] != "concept" or "'concept'" not in str(err).split(" missing")[0]:
             raise
         try:
             ds, names = load_vqa_dataset(name, split=split, **{**columns, "concept_column": "task"})
-        except ConfigError:
-            raise err from None  # neither column: the error names the one asked for
+        except ConfigError as retry:
+            # No task column either: the error names the column asked for; else what else is missing.
+            raise (err if "'task'" in str(retry).split(" missing")[0] else retry) from None
     empty = [n for n in names if not n.strip() or n == "None"]
     if empty:
         raise ConfigError(f"{name}: rows with an empty concept/task ({empty[0]!r}); every row needs its task")
