@@ -19,7 +19,7 @@ from hf_budgetcl.evaluation.mcit_metrics import (
     backward_transfer,
     majority_baseline_per_task,
 )
-from hf_budgetcl.evaluation.task_matrix import TaskMatrixEvaluator
+from hf_budgetcl.evaluation.task_matrix import TaskMatrix
 from hf_budgetcl.stream.orders import disjoint_stream, gaussian_stream
 from hf_budgetcl.stream.sampler import BatchRecord
 from hf_budgetcl.utils.errors import ConfigError
@@ -108,7 +108,7 @@ def _matrix(labels_per_task=4):
     stream = disjoint_stream(labels, n_tasks=3, seed=0, class_order=[2, 0, 1])
     # majority answers: zero "a", one "b", two "c" (tie with "d", the first wins)
     evaluator = ScriptedEvaluator([0, 1, 2, 2], ["a", "x", "c", "d"], labels, ["a"] * 4 + ["b"] * 4 + ["c", "d"] * 2)
-    return TaskMatrixEvaluator(evaluator, stream, class_names=["zero", "one", "two"]), stream
+    return TaskMatrix(evaluator, stream, class_names=["zero", "one", "two"]), stream
 
 
 def test_each_row_sees_every_iteration_of_its_task_and_none_of_the_next():
@@ -145,6 +145,6 @@ def test_streams_without_boundaries_or_tasks_without_test_rows_are_one_line_erro
     labels = np.repeat([0, 1, 2], 4)
     evaluator = ScriptedEvaluator([0, 1], ["a", "b"], labels, ["a"] * 12)
     with pytest.raises(ConfigError, match="accuracy_matrix: a gaussian stream has no task boundaries"):
-        TaskMatrixEvaluator(evaluator, gaussian_stream(labels, sigma=0.1, seed=0))
+        TaskMatrix(evaluator, gaussian_stream(labels, sigma=0.1, seed=0))
     with pytest.raises(ConfigError, match="test set: task 'two' has no held-out rows"):
-        TaskMatrixEvaluator(evaluator, disjoint_stream(labels, 3, seed=0), class_names=["zero", "one", "two"])
+        TaskMatrix(evaluator, disjoint_stream(labels, 3, seed=0), class_names=["zero", "one", "two"])

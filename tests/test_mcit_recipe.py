@@ -63,7 +63,7 @@ def test_the_run_records_a_full_task_matrix_in_stream_order(mcit_run):
 
 def test_per_task_majority_baselines_match_a_count_over_the_data(mcit_run):
     trainer, results, _ = mcit_run
-    test = trainer.evaluator.evaluator.test_dataset
+    test = trainer.evaluator.test_dataset
     for name, value in results["majority_baseline_per_task"].items():
         train_answers = [r["answer"] for r in trainer.train_dataset if r["concept"] == name]
         counts = Counter(train_answers)

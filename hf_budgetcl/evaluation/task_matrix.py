@@ -1,11 +1,11 @@
 """The MCIT accuracy matrix of a run: every task's exact match at every task boundary of the stream.
 
-:class:`TaskMatrixEvaluator` wraps the anytime evaluator (the trainer still calls it every ``eval_period``
-arrivals) and holds the matrix; :class:`TaskBoundaryCallback` fills one row when a task ends: in ``on_step_begin``
+:class:`TaskMatrix` scores every task through the anytime evaluator's ``score`` and holds the matrix;
+:class:`TaskBoundaryCallback` fills one row when a task ends: in ``on_step_begin``
 of the first iteration whose batch holds an arrival past the boundary (so the row sees every iteration of the task
 and none of the next), and in ``on_train_end`` for the last task and for boundaries the stream reaches after the
 FLOPs budget stopped training (the model no longer changes). The matrix, A_last over tasks, forgetting, BWT and
-the per-task majority baselines reach ``results.json`` through the evaluator's ``extra_results``.
+the per-task majority baselines reach ``results.json`` through the callback's ``extra_results``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def task_classes(stream: StreamOrder) -> list[np.ndarray]:
     return out
 
 
-class TaskMatrixEvaluator:
-    """The anytime evaluator plus the accuracy matrix ``R[i][j]`` (task j's exact match after task i).
+class TaskMatrix:
+    """The accuracy matrix ``R[i][j]`` (task j's exact match after task i), scored by the anytime evaluator.
 
     Args:
         evaluator: the anytime evaluator; it needs ``score(trainer, classes) -> (accuracy, per_class)`` and the
@@ -73,9 +73,6 @@ class TaskMatrixEvaluator:
         self.rows: list[list[float]] = []
         self.row_samples: list[int] = []  # the boundary (arrivals) each row was measured at
 
-    def __call__(self, trainer: Any, seen_classes: np.ndarray) -> tuple[float, dict[int, float]]:
-        return self.evaluator(trainer, seen_classes)
-
     def evaluate_boundaries(self, trainer: Any, up_to: int) -> None:
         """Add a row for every boundary ``<= up_to`` not measured yet (one evaluation serves them all)."""
         due = [b for b in self.boundaries[len(self.rows) :] if b <= up_to]
@@ -93,11 +90,10 @@ class TaskMatrixEvaluator:
 
     @property
     def extra_results(self) -> dict[str, Any]:
-        """The anytime evaluator's figures, then the matrix and its metrics (nan until the matrix is complete)."""
+        """The matrix and its metrics (nan until the matrix is complete), for ``results.json``."""
         complete = len(self.rows) == len(self.tasks)
         summary = mcit_summary(self.rows) if complete else dict.fromkeys(mcit_summary([[0.0]]), float("nan"))
         return {
-            **dict(getattr(self.evaluator, "extra_results", None) or {}),
             "task_names": list(self.task_names),
             "accuracy_matrix": [list(r) for r in self.rows],
             "accuracy_matrix_samples": list(self.row_samples),
@@ -117,7 +113,7 @@ class TaskMatrixEvaluator:
 class TaskBoundaryCallback(TrainerCallback):
     """Fills the accuracy matrix at task boundaries; its state (the rows so far) is checkpointed with the run."""
 
-    def __init__(self, trainer: Any, matrix: TaskMatrixEvaluator):
+    def __init__(self, trainer: Any, matrix: TaskMatrix):
         self.trainer = trainer
         self.matrix = matrix
 
@@ -128,6 +124,10 @@ class TaskBoundaryCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.matrix.evaluate_boundaries(self.trainer, len(self.trainer.stream))
+
+    @property
+    def extra_results(self) -> dict[str, Any]:
+        return self.matrix.extra_results
 
     def state_dict(self) -> dict[str, Any]:
         return self.matrix.state_dict()

@@ -9,6 +9,9 @@ scored by normalised exact match. Runs with ``hf-budgetcl run --config ...``, ``
 The embedded default needs no network: easy-vqa's real images and questions, split by answer type (shape, then
 colour, then yes/no), and a tiny random-weight LLaVA built into ``<output_dir>/base_model`` (tokenizer trained on the
 data's text) and loaded back through :func:`~hf_budgetcl.models.tiny_vlm.load_vlm`, the same path as a Hub checkpoint.
+``dataset: multi_domain`` is the multi-domain instruction stream of :mod:`hf_budgetcl.data.instruction_tasks` (one task
+per domain, task-incremental); on any stream with task boundaries every task is evaluated at every boundary
+(:mod:`hf_budgetcl.evaluation.task_matrix`), for the accuracy matrix, forgetting and BWT.
 """
 
 from __future__ import annotations
@@ -309,7 +312,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
 
     from ..data.vlm_collator import VLMInstructionCollator
     from ..data.vqa import vqa_sample_nbytes
-    from ..evaluation.task_matrix import TaskMatrixEvaluator
+    from ..evaluation.task_matrix import TaskMatrix
     from ..evaluation.vqa import VQAEvaluator
     from ..training.trainer import BudgetedCLTrainer
 
@@ -332,8 +335,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         batch_size=config.per_device_eval_batch_size,
         max_new_tokens=model_args.max_new_tokens,
     )
+    matrix = None
     if data_args.accuracy_matrix and stream.task_boundaries:
-        evaluator = TaskMatrixEvaluator(evaluator, stream, class_names=train.features["label"].names)
+        matrix = TaskMatrix(evaluator, stream, class_names=train.features["label"].names)
     trainer = BudgetedCLTrainer(
         model=model,
         args=config,
@@ -344,8 +348,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         data_collator=collator,
         processing_class=processor,
     )
-    if isinstance(evaluator, TaskMatrixEvaluator):
-        trainer.add_callback(evaluator.callback(trainer))
+    if matrix is not None:
+        trainer.add_callback(matrix.callback(trainer))
     trainer.train()
     stream.to_json(os.path.join(config.output_dir, "stream.json"))
     trainer.save_model()  # LoRA: the adapter (+ base path in adapter_config.json); full FT: the whole model

@@ -447,6 +447,12 @@ class BudgetedCLTrainer(Trainer):
             "hf_budgetcl_version": __version__,
             # evaluator-specific figures, e.g. the VQA evaluator's majority_baseline next to A_last
             **dict(getattr(self.evaluator, "extra_results", None) or {}),
+            # and callbacks' figures, e.g. the accuracy matrix of the task-boundary evaluation
+            **{
+                k: v
+                for cb in self.callback_handler.callbacks
+                for k, v in (getattr(cb, "extra_results", None) or {}).items()
+            },
             "curve": [p.to_dict() for p in self.progress.curve],
         }
 
