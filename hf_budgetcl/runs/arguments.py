@@ -65,6 +65,13 @@ class ConfigParser(HfArgumentParser):
         super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
 
     def parse_with_config(self, argv: Sequence[str], ignore_keys: Sequence[str] = ()) -> tuple:
+        try:
+            return self.parse_args_into_dataclasses(args=self.merged_argv(argv, ignore_keys))
+        except ValueError as err:  # raised by a dataclass __post_init__: already names the field
+            raise ConfigError(str(err).splitlines()[0]) from None
+
+    def merged_argv(self, argv: Sequence[str], ignore_keys: Sequence[str] = ()) -> list[str]:
+        """The YAML's values as arguments, then the command line's (which win), ``--key null`` applied."""
         argv = split_equals_config(argv)
         config_values: dict[str, Any] = {}
         if "--config" in argv:
@@ -89,7 +96,4 @@ class ConfigParser(HfArgumentParser):
             and not (i > 0 and argv[i - 1][2:] in nulls and a in ("null", "None"))
         ]
         config_values = {k: v for k, v in config_values.items() if k not in nulls}
-        try:
-            return self.parse_args_into_dataclasses(args=_yaml_to_argv(config_values) + argv)
-        except ValueError as err:  # raised by a dataclass __post_init__: already names the field
-            raise ConfigError(str(err).splitlines()[0]) from None
+        return _yaml_to_argv(config_values) + argv
