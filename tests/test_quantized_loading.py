@@ -117,3 +117,16 @@ def test_readme_gpu_qlora_command_is_correct_by_construction(fake_gpu, spy_from_
     ((name, kwargs),) = spy_from_pretrained
     assert name == model_args.model_name_or_path and kwargs["device_map"] == {"": 3}
     assert kwargs["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16 == kwargs["dtype"]
+
+
+def test_gpu_check_script_stops_at_once_without_cuda(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_qlora", os.path.join(ROOT, "scripts/gpu_check_qlora.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(script, "build_base", lambda *a: pytest.fail("built a model without a GPU"))
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--size", "1b"])
+    assert stop.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
