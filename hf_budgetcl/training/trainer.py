@@ -334,11 +334,12 @@ class BudgetedCLTrainer(Trainer):
             frozen_blocks=sum(k * v for k, v in self.progress.frozen_counts.items()),
         )
         self.progress.curve.append(point)
+        # Trainer's evaluation convention (eval_ keys): TensorBoard/W&B file them under eval/, not train/.
         metrics = {
-            "anytime_accuracy": point.accuracy,
-            "samples_seen": samples_seen,
-            "train_flops": point.train_flops,
-            "memory_bytes": point.memory_bytes,
+            "eval_anytime_accuracy": point.accuracy,
+            "eval_samples_seen": samples_seen,
+            "eval_train_flops": point.train_flops,
+            "eval_memory_bytes": point.memory_bytes,
         }
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
