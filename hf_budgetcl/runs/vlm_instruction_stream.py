@@ -309,6 +309,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     trainer.train()
     stream.to_json(os.path.join(config.output_dir, "stream.json"))
     trainer.save_model()  # LoRA: the adapter (+ base path in adapter_config.json); full FT: the whole model
+    # Last: PEFT's save_pretrained rewrites README.md (its own metadata, the resolved local base as base_model).
+    # The card names the base the user gave (a Hub id or their path); a tiny model built here has none.
+    given = None if model_args.model_name_or_path in TINY_MODELS else model_args.model_name_or_path
+    trainer.create_model_card(finetuned_from=given)
     return trainer
 
 
