@@ -19,7 +19,7 @@ LAYERS = [
     {"hub"},
     {"training"},
     {"runs", "compare"},
-    {"cli", "__init__"},
+    {"cli", "__init__", "recipes"},  # recipes: the shipped recipe scripts and configs (a link to recipes/)
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -91,18 +91,34 @@ def table_only(output_dir: str) -> dict[str, Any]:
     return result
 
 
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-budgetcl compare",
+        usage="hf-budgetcl compare --config CONFIG --methods M1,M2 [options] [-- RUN OPTIONS]",
+        description=__doc__.splitlines()[0],
+        epilog="Everything after a lone `--` is passed to every run as `hf-budgetcl run` options, e.g. "
+        "`-- --flops_budget_per_sample 3e8 --memory_size null` (see `hf-budgetcl run --help`).",
+    )
+    parser.add_argument(
+        "--config",
+        help="base config of every run: a YAML path or a shipped config name (required unless --table_only)",
+    )
+    parser.add_argument(
+        "--methods", help="comma-separated method names, e.g. er,replay,alsar (required unless --table_only)"
+    )
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, each method runs once per seed")
+    parser.add_argument("--output_dir", required=True, help="one folder per run inside, plus summary.json/.md, plots")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
+    parser.add_argument("--rerun", action="store_true", help="run again even where a finished run would be reused")
+    parser.add_argument("--table_only", action="store_true", help="rewrite summary.md from summary.json, run nothing")
+    return parser
+
+
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="hf-budgetcl compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="base config (required unless --table_only)")
-    parser.add_argument("--methods", help="comma-separated method names (required unless --table_only)")
-    parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
-    parser.add_argument("--rerun", action="store_true", help="run again even where a finished run would be reused")
-    parser.add_argument("--table_only", action="store_true", help="rewrite summary.md from summary.json, run nothing")
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.table_only:
         result = table_only(args.output_dir)

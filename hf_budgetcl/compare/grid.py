@@ -106,8 +106,13 @@ def validate(runs: Sequence[Run]) -> None:
             if method not in methods:
                 raise GridError(f"{where}: unknown method '{method}'; choose from: {', '.join(sorted(methods))}")
         config = run.option("--config")
-        if config is not None and not Path(config).is_file():
-            raise GridError(f"{where}: config file not found: {config}")
+        if config is not None:
+            from ..runs.yaml_config import resolve_config
+
+            try:
+                resolve_config(config)  # a path, or a shipped config's name
+            except ConfigError:
+                raise GridError(f"{where}: config file not found: {config}") from None
         key = run.run_dir.resolve()
         if key in seen:
             raise GridError(f"{where}: run directory {run.run_dir} is used twice")

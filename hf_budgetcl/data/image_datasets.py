@@ -168,12 +168,14 @@ def load_image_dataset(
     channels: int | None = None,
     test_fraction: float | None = None,
     seed: int = 0,
+    dataset_config: str | None = None,
 ) -> tuple[Dataset, Dataset | None]:
     """Load any image classification set as uint8 ``pixel_values`` + ``label`` datasets.
 
     ``name_or_path``: a local directory of images (``imagefolder``: ``<dir>/<class>/*.png`` or ``train/``/``test/``
     sub-folders), a ``save_to_disk`` directory, or any name/path ``datasets.load_dataset`` understands.
 
+    * ``dataset_config``: the Hub dataset's configuration (``load_dataset(name, dataset_config)``).
     * ``image_column``: defaults to the first ``datasets.Image`` column (else ``image``/``img``/``pixel_values``).
     * ``image_size`` (int or (H, W)) resizes with PIL bilinear; without it all images must share one size.
     * ``channels``: 1 (grayscale) or 3 (RGB); default: the mode of the first readable image.
@@ -184,7 +186,7 @@ def load_image_dataset(
     scraped folder. They are counted and a single ``warnings.warn`` reports the total. Missing label/image columns or
     labels that are not non-negative integers raise ``ValueError`` naming the column.
     """
-    raw = _load_raw(os.fspath(name_or_path))
+    raw = _load_raw(os.fspath(name_or_path), **({"name": dataset_config} if dataset_config else {}))
     splits = list(raw.keys()) if hasattr(raw, "keys") else ["train"]
     get = (lambda s: raw[s]) if hasattr(raw, "keys") else (lambda s: raw)
     if split_train not in splits:
@@ -212,7 +214,7 @@ def load_image_dataset(
     elif split_test is not None:
         raise ConfigError(
             f"split {split_test!r} not found in {name_or_path!r}; available splits: {splits} "
-            "(pass test_fraction= to carve one out of the train split, or split_test=None)"
+            "(set test_fraction, e.g. --test_fraction 0.2, to hold out part of the train split)"
         )
     if skipped:
         warnings.warn(f"load_image_dataset({name_or_path!r}): skipped {skipped} unreadable image(s)", stacklevel=2)

@@ -24,7 +24,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 from ..utils.errors import ConfigError
 from .image_collator import ImageCollator
 
-__all__ = ["image_processor_for"]
+__all__ = ["checkpoint_image_processor", "collator_for_processor", "image_processor_for"]
 
 
 def image_processor_for(collator: ImageCollator, input_shape: Sequence[int]) -> ViTImageProcessorPil:
@@ -57,3 +57,64 @@ def image_processor_for(collator: ImageCollator, input_shape: Sequence[int]) -> 
         image_std=list(collator.std) if collator.std is not None else [1.0] * out_channels,
         do_convert_rgb=out_channels != channels,
     )
+
+
+def _square_side(size: dict | int | None, what: str) -> int | None:
+    if size is None or isinstance(size, int):
+        return size
+    if "height" in size and "width" in size:
+        if size["height"] != size["width"]:
+            raise ConfigError(f"image processor: only square {what} are supported, got {size}")
+        return int(size["height"])
+    if "shortest_edge" in size:  # square inputs (every loader here gives one size): the same square
+        return int(size["shortest_edge"])
+    raise ConfigError(f"image processor: unsupported {what} {size}")
+
+
+def _per_channel(values: Sequence[float] | float, channels: int, what: str) -> list[float]:
+    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    if len(set(values)) == 1:  # e.g. ViT's [0.5, 0.5, 0.5] on a 1-channel model: the same value per channel
+        return values[:1] * channels
+    raise ConfigError(f"image processor: {what} has {len(values)} values, the model takes {channels} channels")
+
+
+def collator_for_processor(processor, input_shape: Sequence[int], model_channels: int, pad: int = 0) -> ImageCollator:
+    """The :class:`ImageCollator` that does what a checkpoint's image processor does, on uint8 images of
+    ``input_shape`` (C, H, W): its rescale (1/255), resize (to the crop size when it center-crops; inputs are square),
+    channel conversion to ``model_channels`` and normalisation (its own mean/std)."""
+    get = lambda key, default=None: getattr(processor, key, default)
+    if get("do_rescale", True) and abs(float(get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        raise ConfigError(f"image processor: rescale_factor {get('rescale_factor')} is not 1/255")
+    if not get("do_rescale", True):
+        raise ConfigError("image processor: do_rescale false (inputs in 0..255) is not supported; images are uint8")
+    side = None
+    if get("do_center_crop", False):
+        side = _square_side(get("crop_size"), "crop sizes")
+    if side is None and get("do_resize", True):
+        side = _square_side(get("size"), "sizes")
+    height = int(input_shape[1]) + 2 * pad
+    normalize = bool(get("do_normalize", False))
+    return ImageCollator(
+        pad=pad,
+        resize=side if side is not None and side != height else None,
+        channels=model_channels if model_channels != int(input_shape[0]) else None,
+        mean=_per_channel(get("image_mean"), model_channels, "image_mean") if normalize else None,
+        std=_per_channel(get("image_std"), model_channels, "image_std") if normalize else None,
+    )
+
+
+def checkpoint_image_processor(model_name_or_path: str):
+    """The checkpoint's own ``AutoImageProcessor`` and the path of its ``preprocessor_config.json``, or (None, None)
+    when it saved none (a preset name, a bare model folder)."""
+    from transformers import AutoImageProcessor
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(model_name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):
+        return None, None
+    if path is None:
+        return None, None
+    return AutoImageProcessor.from_pretrained(model_name_or_path), path

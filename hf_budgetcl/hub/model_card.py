@@ -193,11 +193,16 @@ def _task_matrix(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _load_snippet(repo_id: str, task_type: str) -> str:
+def _load_snippet(repo_id: str, task_type: str, native: bool = True) -> str:
     if task_type == "image-classification":
         return (
-            "import hf_budgetcl.models  # registers hf_budgetcl's architectures (e.g. cifar_resnet) with the Auto classes\n"
-            "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
+            (
+                ""
+                if native
+                else "# pip install hf-budgetcl: this architecture is hf_budgetcl's, not in transformers itself\n"
+                "import hf_budgetcl.models  # registers it (e.g. cifar_resnet) with the Auto classes\n"
+            )
+            + "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
             f'processor = AutoImageProcessor.from_pretrained("{repo_id}")\n'
             f'model = AutoModelForImageClassification.from_pretrained("{repo_id}").eval()\n'
             'logits = model(**processor(images, return_tensors="pt")).logits'
@@ -220,6 +225,8 @@ def build_model_card(
     language: str | list[str] | None = None,
     license: str | None = None,
     repo_id: str | None = None,
+    native: bool = True,
+    pipeline: bool = True,
 ) -> ModelCard:
     """Render the hf_budgetcl model card of a run.
 
@@ -227,10 +234,13 @@ def build_model_card(
         results: the run's ``results.json`` dict (:meth:`BudgetedCLTrainer.build_results`).
         config: the run's :class:`~hf_budgetcl.BudgetedCLConfig` (``None``: no hyper-parameter table).
         model_name: card title and model-index name (default ``"<method>-<stream kind>"``).
-        base_model: Hub id of the model training started from, if any.
+        base_model: Hub id (or the local path the user gave) of the model training started from, if any.
         dataset_name: the dataset the stream is drawn from (``datasets`` metadata and model-index ``dataset.type``).
         task_type: ``image-classification`` or ``image-text-to-text``.
         repo_id: Hub repository shown in the loading snippet (default: ``model_name`` when it is a repo id).
+        native: plain transformers loads the architecture (else the card says to import hf_budgetcl first and does
+            not claim ``library_name: transformers``).
+        pipeline: ``transformers.pipeline(task_type)`` runs on the saved folder (else no ``pipeline_tag``).
     """
     model_name = model_name or f"{results['method']}-{results['stream']['kind']}"
     stream = results["stream"]
@@ -256,8 +266,8 @@ def build_model_card(
         model_name=model_name,
         base_model=base_model,
         datasets=[dataset_name],
-        library_name="transformers",
-        pipeline_tag=task_type,
+        library_name="transformers" if native else "hf_budgetcl",
+        pipeline_tag=task_type if pipeline else None,
         language=language,
         license=license,
         tags=list(dict.fromkeys(["hf_budgetcl", "continual-learning", "budgeted-cl", method, *(tags or [])])),
@@ -281,6 +291,7 @@ def build_model_card(
         template_path=template_path(),
         model_name=model_name,
         base_model=base_model,
+        base_model_on_hub=bool(base_model and REPO_ID.match(base_model) and not os.path.exists(base_model)),
         dataset_name=dataset_name,
         method=method,
         freeze_mode=results["freeze"]["mode"],
@@ -292,7 +303,7 @@ def build_model_card(
         memory_rows=memory_rows,
         hyperparameters=hyperparameters(config),
         load_snippet=_load_snippet(
-            repo_id or (model_name if REPO_ID.match(model_name) else f"<user>/{model_name}"), task_type
+            repo_id or (model_name if REPO_ID.match(model_name) else f"<user>/{model_name}"), task_type, native
         ),
         framework_versions=framework_versions(),
         citation=CITATION,
@@ -301,6 +312,23 @@ def build_model_card(
 
 def _first(value: str | list[str] | None) -> str | None:
     return value[0] if isinstance(value, (list, tuple)) and value else (value or None)
+
+
+def pipeline_support(model: Any, task: str) -> tuple[bool, bool]:
+    """(plain transformers loads this architecture, ``pipeline(task)`` runs on the saved folder).
+
+    The image-classification pipeline feeds RGB images, so a model with other than 3 input channels cannot take them;
+    the image-text-to-text pipeline is not claimed (the tiny Qwen2-VL processor needs torchvision, adapters need the
+    base): tests/test_hub_outputs.py runs ``pipeline()`` on every card that claims one.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    native = model_type in CONFIG_MAPPING_NAMES
+    if task != "image-classification":
+        return native, False
+    return native, native and getattr(config, "num_channels", 3) == 3
 
 
 def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
@@ -326,6 +354,7 @@ def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
     task = _first(kwargs.get("tasks")) or (
         "image-classification" if getattr(base, "main_input_name", "") == "pixel_values" else "image-text-to-text"
     )
+    native, pipeline = pipeline_support(base, task)
     repo_id = getattr(trainer, "hub_model_id", None) or args.hub_model_id  # set by Trainer.init_hf_repo
     model_name = kwargs.get("model_name") or (repo_id or Path(args.output_dir).absolute().name).split("/")[-1]
     tags = kwargs.get("tags")
@@ -340,6 +369,8 @@ def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
         language=kwargs.get("language"),
         license=kwargs.get("license"),
         repo_id=repo_id if repo_id and REPO_ID.match(repo_id) else None,
+        native=native,
+        pipeline=pipeline,
     )
     path = os.path.join(args.output_dir, "README.md")
     os.makedirs(args.output_dir, exist_ok=True)

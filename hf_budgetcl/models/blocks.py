@@ -10,7 +10,10 @@ children share one class) are expanded down to the finest level at which blocks 
 basic layers, ViT its encoder layers and a decoder LM its decoder layers. For vision-language models only the
 language model's decoder layers become blocks. Parameters are assigned to blocks by module identity, never by
 name substring (``layers.1`` must not catch ``layers.10``), and every trainable parameter lands in exactly
-one group. With PEFT LoRA the trainable parameters of a block are its adapter tensors.
+one group. With PEFT LoRA the trainable parameters of a block are its adapter tensors (DoRA adds its magnitude
+vectors, which live in the same wrapped layers). A peft ``modules_to_save`` module is trained as a full copy inside
+its wrapper, at the original module's place, so it belongs where that module does: ``lm_head`` or a classifier to
+the head, the embeddings or a VLM projector to the stem, a layer's norm to that layer's block (``describe`` says).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class BlockPartition:
     modules: list[nn.Module | None]  # None for the stem group, which may span several modules
     head_params: list[nn.Parameter] = field(default_factory=list)
     head_names: list[str] = field(default_factory=list)
+    param_names: list[list[str]] = field(default_factory=list)  # names of params[i], for describe()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -118,17 +122,20 @@ def find_blocks(model: nn.Module) -> BlockPartition:
         for p in block.parameters():
             owner[id(p)] = i
 
-    stem, head, head_names = [], [], []
+    stem, head, head_names, stem_names = [], [], [], []
     per_block: list[list[nn.Parameter]] = [[] for _ in block_modules]
+    block_names: list[list[str]] = [[] for _ in block_modules]
     seen_block = False
     for name, p in base.named_parameters():
         if not p.requires_grad:
             continue
         if id(p) in owner:
             per_block[owner[id(p)]].append(p)
+            block_names[owner[id(p)]].append(name)
             seen_block = True
         elif not seen_block:
             stem.append(p)
+            stem_names.append(name)
         else:
             head.append(p)
             head_names.append(name)
@@ -137,6 +144,7 @@ def find_blocks(model: nn.Module) -> BlockPartition:
     params, modules = per_block, list(block_modules)
     if stem:
         names, params, modules = ["stem", *names], [stem, *params], [None, *modules]
+        block_names = [stem_names, *block_names]
     keep = [i for i, ps in enumerate(params) if ps]  # blocks with nothing trainable cannot be frozen
     partition = BlockPartition(
         names=[names[i] for i in keep],
@@ -144,6 +152,7 @@ def find_blocks(model: nn.Module) -> BlockPartition:
         modules=[modules[i] for i in keep],
         head_params=head,
         head_names=head_names,
+        param_names=[block_names[i] for i in keep],
     )
     _check_partition(base, partition)
     return partition
@@ -160,8 +169,25 @@ def block_parameter_bytes(partition: BlockPartition) -> list[int]:
     return [sum(p.numel() * p.element_size() for p in ps) for ps in partition.params]
 
 
+_SAVED_COPY = ".modules_to_save."  # peft's ModulesToSaveWrapper keeps the trained copy under this name
+
+
+def saved_modules(param_names: list[str]) -> list[str]:
+    """The peft ``modules_to_save`` modules whose trained copies these parameters are (``model.lm_head`` ...)."""
+    return sorted({n.split(_SAVED_COPY)[0] for n in param_names if _SAVED_COPY in n})
+
+
 def describe(partition: BlockPartition) -> str:
+    """One line per block (parameter count; the ``modules_to_save`` it holds: a full copy, frozen with its block)."""
     counts = [sum(p.numel() for p in ps) for ps in partition.params]
     head = sum(p.numel() for p in partition.head_params)
-    lines = [f"  {i:>2} {name:<50} {n:>10,d} params" for i, (name, n) in enumerate(zip(partition.names, counts))]
-    return "\n".join(lines + [f"  head {'(' + ', '.join(partition.head_names[:3]) + ')':<48} {head:>10,d} params"])
+    names = partition.param_names or [[] for _ in partition.names]
+    lines = []
+    for i, (name, n, pnames) in enumerate(zip(partition.names, counts, names)):
+        saved = saved_modules(pnames)
+        lines.append(
+            f"  {i:>2} {name:<50} {n:>10,d} params" + (f"  modules_to_save: {', '.join(saved)}" * bool(saved))
+        )
+    saved = saved_modules(partition.head_names)
+    head_line = f"  head {'(' + ', '.join(partition.head_names[:3]) + ')':<48} {head:>10,d} params"
+    return "\n".join(lines + [head_line + (f"  modules_to_save: {', '.join(saved)}" * bool(saved))])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from transformers import (
@@ -68,7 +68,12 @@ PRESETS: dict[str, Callable[..., tuple[type[PreTrainedModel], PreTrainedConfig]]
 
 
 def build_image_classifier(
-    model_name_or_path: str, num_labels: int, num_channels: int, image_size: int, **overrides: Any
+    model_name_or_path: str,
+    num_labels: int,
+    num_channels: int,
+    image_size: int,
+    label_names: Sequence[str] | None = None,
+    **overrides: Any,
 ) -> PreTrainedModel:
     """Return an image classification ``PreTrainedModel``.
 
@@ -77,7 +82,13 @@ def build_image_classifier(
     * Anything else is loaded with ``AutoModelForImageClassification.from_pretrained`` (local directory or Hub name;
       never ``trust_remote_code``), with the head re-sized to ``num_labels``; ``overrides`` are config fields.
       A checkpoint whose ``num_channels`` differs from ``num_channels`` is rejected rather than silently mis-fed.
+    * ``label_names`` (the dataset's class names, in label order) become ``id2label``/``label2id``.
     """
+    if label_names is not None:
+        if len(label_names) != num_labels:
+            raise ConfigError(f"label names: {len(label_names)} names for {num_labels} labels")
+        overrides = {**overrides, "id2label": dict(enumerate(map(str, label_names)))}
+        overrides["label2id"] = {name: i for i, name in overrides["id2label"].items()}
     if model_name_or_path in PRESETS:
         model_cls, config = PRESETS[model_name_or_path](num_labels, num_channels, image_size, **overrides)
         return model_cls(config)
@@ -95,7 +106,7 @@ def build_image_classifier(
             f"{model_name_or_path!r} expects {have} input channels, data has {num_channels}; "
             f"use ImageCollator(channels={have}) and num_channels={have}"
         )
-    if config.num_labels != num_labels:  # fresh label maps, else transformers keeps the checkpoint's names
+    if config.num_labels != num_labels and label_names is None:  # fresh maps, not the checkpoint's names
         config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
         config.label2id = {v: k for k, v in config.id2label.items()}
     try:

@@ -29,7 +29,6 @@ from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
-    BitsAndBytesConfig,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
@@ -296,30 +295,23 @@ def _silence_matmul8bit_cast_warning() -> None:
 
 
 def load_vlm(
-    model_name_or_path: str | os.PathLike, quantization: str | None = None, dtype: torch.dtype | None = None
+    model_name_or_path: str | os.PathLike,
+    quantization: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, Any]:
     """Load ``(model, processor)`` from a local directory or Hub name (never ``trust_remote_code``).
 
-    ``quantization``: None, ``"4bit"`` (NF4, double quantisation) or ``"8bit"``, through ``BitsAndBytesConfig`` and
-    ``device_map="cpu"`` (bitsandbytes ≥ 0.50 runs on CPU). Every linear layer but ``lm_head`` is quantised,
-    the vision tower's included. ``FlopCounterMode`` does not see bitsandbytes matmuls: count those analytically.
+    ``dtype``: "auto" | "bfloat16" | "float16" | "float32" or a torch dtype. ``quantization``: None, ``"4bit"`` (NF4,
+    double quantisation) or ``"8bit"``, through ``BitsAndBytesConfig`` with a compute dtype that follows ``dtype``
+    and the whole model on this process's GPU (CPU when there is none; bitsandbytes ≥ 0.50 runs there), see
+    :func:`~hf_budgetcl.models.loading.from_pretrained_kwargs`. Every linear layer but ``lm_head`` is quantised, the
+    vision tower's included. ``FlopCounterMode`` does not see bitsandbytes matmuls: count those analytically.
     """
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if quantization is not None:
-        if quantization == "4bit":
-            qconfig = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.float32,
-            )
-        elif quantization == "8bit":
-            qconfig = BitsAndBytesConfig(load_in_8bit=True)
-            _silence_matmul8bit_cast_warning()
-        else:
-            raise ConfigError(f"quantization must be None, '4bit' or '8bit', got {quantization!r}")
-        kwargs.update(quantization_config=qconfig, device_map="cpu")
+    from .loading import from_pretrained_kwargs
+
+    if quantization == "8bit":
+        _silence_matmul8bit_cast_warning()
+    kwargs = from_pretrained_kwargs(dtype, attn_implementation, quantization)
     model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, **kwargs)
     return model, load_processor(model_name_or_path)

@@ -6,14 +6,16 @@ that no dataclass field declares is an error that names the key and the file.
 
 from __future__ import annotations
 
-import os
+import argparse
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
 from transformers import HfArgumentParser
 
 from ..utils.errors import ConfigError
+from .yaml_config import RECIPE_NAMES, pop_option, read_yaml_config, split_equals_config
+
+__all__ = ["ConfigParser", "read_yaml_config", "split_equals_config"]
 
 
 def _yaml_to_argv(values: dict[str, Any]) -> list[str]:
@@ -34,47 +36,41 @@ def _yaml_to_argv(values: dict[str, Any]) -> list[str]:
     return argv
 
 
-def read_yaml_config(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(err, 'problem', err)}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config {path} must be a mapping of argument names to values")
-    return values
-
-
-def split_equals_config(argv: Sequence[str]) -> list[str]:
-    """``--config=path`` -> ``--config path`` (argparse spelling both ways)."""
-    out: list[str] = []
-    for arg in argv:
-        out += ["--config", arg.split("=", 1)[1]] if arg.startswith("--config=") else [arg]
-    return out
-
-
 class ConfigParser(HfArgumentParser):
     """Parse dataclasses from an optional ``--config`` YAML plus command-line overrides."""
 
     def __init__(self, dataclass_types, **kwargs):
         # No prefix matching: `--learning_rat 0.1` must be an error, not the learning rate.
         super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
+        # Shown in --help; taken out of argv before the dataclasses are parsed (SUPPRESS: absent unless given).
+        group = self.add_argument_group("config file")
+        group.add_argument(
+            "--config",
+            default=argparse.SUPPRESS,
+            help="YAML file whose keys are any of the options below (the command line overrides them), or the "
+            "name of a shipped config, e.g. digits_er",
+        )
+        group.add_argument(
+            "--recipe",
+            default=argparse.SUPPRESS,
+            help=f"{' | '.join(RECIPE_NAMES)} (default: the config's recipe key, else image_classification)",
+        )
 
     def parse_with_config(self, argv: Sequence[str], ignore_keys: Sequence[str] = ()) -> tuple:
+        try:
+            return self.parse_args_into_dataclasses(args=self.merged_argv(argv, ignore_keys))
+        except ValueError as err:  # raised by a dataclass __post_init__: already names the field
+            raise ConfigError(str(err).splitlines()[0]) from None
+
+    def merged_argv(self, argv: Sequence[str], ignore_keys: Sequence[str] = ()) -> list[str]:
+        """The YAML's values as arguments, then the command line's (which win), ``--key null`` applied."""
         argv = split_equals_config(argv)
+        pop_option(argv, "--recipe")  # chose the recipe (hf_budgetcl.cli), not one of its options
         config_values: dict[str, Any] = {}
-        if "--config" in argv:
-            i = argv.index("--config")
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a YAML file path")
-            path = argv[i + 1]
-            del argv[i : i + 2]
+        path = pop_option(argv, "--config")
+        if path is not None:
             config_values = {k: v for k, v in read_yaml_config(path).items() if k not in ignore_keys}
-            known = {action.dest for action in self._actions}
+            known = {action.dest for action in self._actions} - {"config", "recipe"}
             unknown = sorted(set(config_values) - known)
             if unknown:
                 raise ConfigError(f"config key '{unknown[0]}' in {path} does not exist")
@@ -89,7 +85,4 @@ class ConfigParser(HfArgumentParser):
             and not (i > 0 and argv[i - 1][2:] in nulls and a in ("null", "None"))
         ]
         config_values = {k: v for k, v in config_values.items() if k not in nulls}
-        try:
-            return self.parse_args_into_dataclasses(args=_yaml_to_argv(config_values) + argv)
-        except ValueError as err:  # raised by a dataclass __post_init__: already names the field
-            raise ConfigError(str(err).splitlines()[0]) from None
+        return _yaml_to_argv(config_values) + argv

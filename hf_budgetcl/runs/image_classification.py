@@ -7,6 +7,7 @@ Runs with ``python recipes/image_classification.py --config ...``, ``accelerate 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -40,12 +41,27 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    RANGES: ClassVar[dict[str, str]] = {"per_class_train": ">= 1", "per_class_test": ">= 1"}
+    RANGES: ClassVar[dict[str, str]] = {"per_class_train": ">= 1", "per_class_test": ">= 1", "test_fraction": "(0, 1)"}
     dataset: str = field(
         default="digits",
         metadata={"help": "digits | fashion_mnist | a local imagefolder | a Hub image-classification dataset."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Directory of the Fashion-MNIST idx files."})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration (load_dataset name)."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split the stream is drawn from."})
+    eval_split: str = field(
+        default="test",
+        metadata={"help": "Held-out split of the anytime evaluation.", "aliases": ["--test_split"]},
+    )
+    test_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this fraction of each class of the train split when the data has no eval_split "
+            "(e.g. a flat <dir>/<class>/*.png imagefolder)."
+        },
+    )
     per_class_train: int | None = field(default=None, metadata={"help": "Keep the first n training images per class."})
     per_class_test: int | None = field(default=None, metadata={"help": "Keep the first n test images per class."})
     label_column: str = field(default="label", metadata={"help": "Label column of a generic dataset."})
@@ -70,7 +86,13 @@ def load_data(data_args: DataArguments):
         train, test = load_digits_dataset()
     else:
         train, test = load_image_dataset(
-            data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column
+            data_args.dataset,
+            split_train=data_args.train_split,
+            split_test=data_args.eval_split,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            test_fraction=data_args.test_fraction,
+            dataset_config=data_args.dataset_config,
         )
     return first_per_class(train, data_args.per_class_train), first_per_class(test, data_args.per_class_test)
 
@@ -103,9 +125,9 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     from transformers import set_seed
 
     from ..data.image_collator import ImageCollator
-    from ..data.image_processing import image_processor_for
+    from ..data.image_processing import checkpoint_image_processor, collator_for_processor, image_processor_for
     from ..data.image_rows import ImageRows, sample_nbytes
-    from ..models import build_image_classifier
+    from ..models import PRESETS, build_image_classifier
     from ..training.trainer import BudgetedCLTrainer
 
     set_seed(config.seed)
@@ -114,15 +136,33 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         raise ConfigError(f"label_column: the dataset has no label column (columns: {', '.join(train.column_names)})")
     train.info.dataset_name = data_args.dataset  # named in the model card and its model-index
     stream = make_stream(config, train, data_args)
-    channels, height = np.asarray(train[0]["pixel_values"]).shape[:2]
+    shape = np.asarray(train[0]["pixel_values"]).shape
+    channels, height = shape[:2]
     image_size = model_args.image_size or height + 2 * model_args.pad
+    names = getattr(train.features["label"], "names", None)  # class names (imagefolder: the folder names)
+    num_labels = int(np.max(train["label"])) + 1
+    # A checkpoint's own image processor decides size, channels and mean/std, and is saved unchanged.
+    processor, processor_file = (None, None)
+    if model_args.model_name_or_path not in PRESETS:
+        processor, processor_file = checkpoint_image_processor(model_args.model_name_or_path)
+    model_channels = model_args.channels or channels
+    if processor is not None and model_args.channels is None:
+        from transformers import AutoConfig
+
+        model_channels = getattr(AutoConfig.from_pretrained(model_args.model_name_or_path), "num_channels", channels)
     model = build_image_classifier(
         model_args.model_name_or_path,
-        num_labels=int(np.max(train["label"])) + 1,
-        num_channels=model_args.channels or channels,
+        num_labels=num_labels,
+        num_channels=model_channels,
         image_size=image_size,
+        label_names=names if names is not None and len(names) == num_labels else None,
     )
-    collator = ImageCollator(pad=model_args.pad, resize=model_args.image_size, channels=model_args.channels)
+    if processor is not None:
+        collator = collator_for_processor(processor, shape, model_channels, pad=model_args.pad)
+    else:
+        collator = ImageCollator(pad=model_args.pad, resize=model_args.image_size, channels=model_args.channels)
+        # saved next to the model, so AutoImageProcessor reproduces the collator's preprocessing
+        processor = image_processor_for(collator, shape)
     trainer = BudgetedCLTrainer(
         model=model,
         args=config,
@@ -131,13 +171,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         stream=stream,
         sample_nbytes=sample_nbytes,
         data_collator=collator,
-        # saved next to the model, so AutoImageProcessor reproduces the collator's preprocessing
-        processing_class=image_processor_for(collator, np.asarray(train[0]["pixel_values"]).shape),
+        processing_class=processor,
     )
     del train  # the trainer holds the same bytes in ImageRows: do not keep the Arrow copy through training
     trainer.train()
     stream.to_json(os.path.join(config.output_dir, "stream.json"))
     trainer.save_model()
+    if processor_file is not None and trainer.is_world_process_zero():  # the checkpoint's own bytes, not a re-dump
+        shutil.copyfile(processor_file, os.path.join(config.output_dir, "preprocessor_config.json"))
     return trainer
 
 

@@ -63,6 +63,32 @@ class ModelArguments:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on the decoder blocks; 0 = full fine-tuning."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names that get adapters, inside the language decoder's layers only (default: q_proj "
+            "k_proj v_proj o_proj gate_proj up_proj down_proj); all-linear: peft's choice, vision tower included."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules trained in full and saved with the adapter, e.g. lm_head (peft modules_to_save)."},
+    )
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: weight-decomposed LoRA (peft use_dora)."})
+    use_rslora: bool = field(default=False, metadata={"help": "rsLoRA: scale alpha / sqrt(r) (peft use_rslora)."})
+    lora_task_type: str | None = field(
+        default=None, metadata={"help": "peft TaskType, e.g. CAUSAL_LM (default: a plain PeftModel)."}
+    )
+    torch_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | bfloat16 | float16 | float32: dtype the base loads in (auto: the checkpoint's); with "
+            "quantization also bitsandbytes' compute dtype (auto: bfloat16 on a GPU, float32 on CPU)."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager | sdpa | flash_attention_2 | ... (default: transformers' choice)."}
+    )
     train_vision_tower: bool = field(
         default=False, metadata={"help": "Train the vision tower and projector too (default: frozen as a whole)."}
     )
@@ -84,6 +110,9 @@ class ModelArguments:
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
+        from ..models.loading import resolve_dtype
+
+        resolve_dtype(self.torch_dtype)  # a typo is a one-line error now, not after the data has loaded
 
 
 @dataclass
@@ -270,7 +299,7 @@ def build_base_model(model_args: ModelArguments, train, output_dir: str, build: 
 
 def prepare_model(model_args: ModelArguments, base_path: str):
     """Load the base through ``load_vlm``; wrap with LoRA (decoder only) or set up full fine-tuning."""
-    from ..models.lora import apply_lora
+    from ..models.lora import apply_peft, lora_config
     from ..models.tiny_vlm import load_vlm
 
     quant = None if model_args.quantization == "none" else model_args.quantization
@@ -280,19 +309,28 @@ def prepare_model(model_args: ModelArguments, base_path: str):
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*gemv_4bit.*")
-        model, processor = load_vlm(base_path, quantization=quant)
+        model, processor = load_vlm(
+            base_path,
+            quantization=quant,
+            dtype=model_args.torch_dtype,
+            attn_implementation=model_args.attn_implementation,
+        )
     if quant is not None:  # FlopCounterMode has no formula for bitsandbytes' matmuls: count them analytically
         from ..accounting.quantized_flops import register_quantized_flop_formulas
 
         register_quantized_flop_formulas()
     if model_args.lora_r > 0:
-        model = apply_lora(
-            model,
+        config = lora_config(
             r=model_args.lora_r,
             alpha=model_args.lora_alpha,
             dropout=model_args.lora_dropout,
-            quantized=quant is not None,
+            target_modules=model_args.lora_target_modules,
+            modules_to_save=model_args.lora_modules_to_save,
+            use_dora=model_args.use_dora,
+            use_rslora=model_args.use_rslora,
+            task_type=model_args.lora_task_type,
         )
+        model = apply_peft(model, config)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -353,6 +391,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     trainer.train()
     stream.to_json(os.path.join(config.output_dir, "stream.json"))
     trainer.save_model()  # LoRA: the adapter (+ base path in adapter_config.json); full FT: the whole model
+    # Last: PEFT's save_pretrained rewrites README.md (its own metadata, the resolved local base as base_model).
+    # The card names the base the user gave (a Hub id or their path); a tiny model built here has none.
+    given = None if model_args.model_name_or_path in TINY_MODELS else model_args.model_name_or_path
+    trainer.create_model_card(finetuned_from=given)
     return trainer
 
 

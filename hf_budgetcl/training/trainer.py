@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -47,7 +48,9 @@ from ..evaluation.anytime import AnytimeSchedule, CurvePoint, summarize_curve
 from ..evaluation.classification import ClassificationEvaluator, Evaluator
 from ..freezing.policies import FreezingPolicy, make_freezing_policy
 from ..methods import METHODS, ContinualMethod, MethodContext
+from ..models.blocks import describe as describe_blocks
 from ..models.blocks import find_blocks
+from ..models.loading import prepare_model
 from ..stream.memory import EpisodicMemory
 from ..stream.orders import StreamOrder
 from ..stream.sampler import BatchRecord, OnlineStreamSampler
@@ -66,19 +69,23 @@ from .results import format_summary, json_default
 from .run_state import RunProgress, RunState, is_stateful
 
 __all__ = ["BudgetedCLTrainer", "BudgetedCLConfig"]
+logger = logging.getLogger(__name__)
 
 
 class BudgetedCLTrainer(Trainer):
     """Trainer for budgeted online continual learning.
 
     Args:
-        model: any ``transformers`` model (or PEFT model) returning a loss when given ``labels``.
+        model: any ``transformers`` model (or PEFT model) returning a loss when given ``labels``, or a Hub id / local
+            path, loaded through its Auto class with ``model_init_kwargs`` (e.g. ``{"dtype": "bfloat16"}``).
         args: a :class:`BudgetedCLConfig`.
         train_dataset: map-style dataset whose rows the stream indexes.
         stream: the arrival order (:mod:`hf_budgetcl.stream.orders`).
         sample_nbytes: bytes a row takes when stored in replay memory (counted against the memory budget).
         evaluator: anytime evaluator; defaults to classification accuracy on ``eval_dataset``.
         method: a :class:`ContinualMethod` instance (default: ``args.method``).
+        peft_config: a peft config (e.g. ``LoraConfig(use_dora=True, ...)``); the model is wrapped with it, as
+            TRL's SFTTrainer does (a k-bit base through ``prepare_model_for_kbit_training`` first).
     """
 
     def __init__(
@@ -93,6 +100,8 @@ class BudgetedCLTrainer(Trainer):
         method: ContinualMethod | None = None,
         data_collator: Callable | None = None,
         callbacks: list[TrainerCallback] | None = None,
+        peft_config: Any = None,
+        model_init_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         if len(stream) == 0:
@@ -104,6 +113,7 @@ class BudgetedCLTrainer(Trainer):
                 f"gradient_accumulation_steps must be 1 (got {args.gradient_accumulation_steps}); for a larger "
                 "batch raise per_device_train_batch_size"
             )
+        model = prepare_model(model, peft_config, model_init_kwargs)
         super().__init__(
             model=model,
             args=args,
@@ -116,6 +126,7 @@ class BudgetedCLTrainer(Trainer):
         self.stream = stream
         self.method = method or METHODS.get_class(args.method)(config=args)
         self.blocks = find_blocks(self.model)
+        logger.info("freezable blocks of %s:\n%s", type(self.model).__name__, describe_blocks(self.blocks))
         self.world_size = self.accelerator.num_processes
         self.global_batch_size = args.per_device_train_batch_size * self.world_size
         self.current_record: BatchRecord | None = None
@@ -323,11 +334,12 @@ class BudgetedCLTrainer(Trainer):
             frozen_blocks=sum(k * v for k, v in self.progress.frozen_counts.items()),
         )
         self.progress.curve.append(point)
+        # Trainer's evaluation convention (eval_ keys): TensorBoard/W&B file them under eval/, not train/.
         metrics = {
-            "anytime_accuracy": point.accuracy,
-            "samples_seen": samples_seen,
-            "train_flops": point.train_flops,
-            "memory_bytes": point.memory_bytes,
+            "eval_anytime_accuracy": point.accuracy,
+            "eval_samples_seen": samples_seen,
+            "eval_train_flops": point.train_flops,
+            "eval_memory_bytes": point.memory_bytes,
         }
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -18,6 +18,7 @@ RANGES: dict[str, Callable[[float], bool]] = {
     "> 0": lambda v: v > 0,
     ">= 0": lambda v: v >= 0,
     ">= 1": lambda v: v >= 1,
+    "(0, 1)": lambda v: 0 < v < 1,
     "(0, 1]": lambda v: 0 < v <= 1,
     "[0, 1]": lambda v: 0 <= v <= 1,
     "[0, 1)": lambda v: 0 <= v < 1,
