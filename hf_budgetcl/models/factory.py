@@ -65,10 +65,16 @@ PRESETS: dict[str, Callable[..., tuple[type[PreTrainedModel], PreTrainedConfig]]
     "tiny_vit": _tiny_vit,
     "tiny_resnet": _tiny_resnet,
 }
+_CIFAR_PRESETS = tuple(PRESETS[name] for name in ("cifar_resnet32", "fmd5_resnet", "digits_resnet"))
 
 
 def build_image_classifier(
-    model_name_or_path: str, num_labels: int, num_channels: int, image_size: int, **overrides: Any
+    model_name_or_path: str,
+    num_labels: int,
+    num_channels: int,
+    image_size: int,
+    conv_init: str | None = None,
+    **overrides: Any,
 ) -> PreTrainedModel:
     """Return an image classification ``PreTrainedModel``.
 
@@ -77,7 +83,16 @@ def build_image_classifier(
     * Anything else is loaded with ``AutoModelForImageClassification.from_pretrained`` (local directory or Hub name;
       never ``trust_remote_code``), with the head re-sized to ``num_labels``; ``overrides`` are config fields.
       A checkpoint whose ``num_channels`` differs from ``num_channels`` is rejected rather than silently mis-fed.
+    * ``conv_init`` (``default`` | ``kaiming_fan_out``, see :class:`CifarResNetConfig`) picks the convolutions' random
+      init of the CIFAR ResNet presets; ``None`` keeps the config's default. Other models have no such choice.
     """
+    if conv_init is not None:
+        if model_name_or_path not in PRESETS or PRESETS[model_name_or_path] not in _CIFAR_PRESETS:
+            cifar = ", ".join(name for name, make in PRESETS.items() if make in _CIFAR_PRESETS)
+            raise ConfigError(
+                f"conv_init: only the CIFAR ResNet presets ({cifar}) take it, not {model_name_or_path!r}"
+            )
+        overrides["conv_init"] = conv_init
     if model_name_or_path in PRESETS:
         model_cls, config = PRESETS[model_name_or_path](num_labels, num_channels, image_size, **overrides)
         return model_cls(config)

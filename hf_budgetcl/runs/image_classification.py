@@ -33,9 +33,17 @@ class ModelArguments:
     image_size: int | None = field(default=None, metadata={"help": "Resize images to this size (after padding)."})
     pad: int = field(default=0, metadata={"help": "Zero padding on each side (FM-D5: 2, 28 -> 32)."})
     channels: int | None = field(default=None, metadata={"help": "Repeat grey images to this many channels."})
+    conv_init: str | None = field(
+        default=None, metadata={"help": "CIFAR ResNet presets: default (PyTorch's) | kaiming_fan_out (the authors')."}
+    )
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
+        if self.conv_init is not None:
+            from ..models.cifar_resnet import CONV_INITS
+
+            if self.conv_init not in CONV_INITS:
+                raise ConfigError(f"conv_init: expected one of {', '.join(CONV_INITS)}, got {self.conv_init!r}")
 
 
 @dataclass
@@ -121,6 +129,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         num_labels=int(np.max(train["label"])) + 1,
         num_channels=model_args.channels or channels,
         image_size=image_size,
+        conv_init=model_args.conv_init,
     )
     collator = ImageCollator(pad=model_args.pad, resize=model_args.image_size, channels=model_args.channels)
     trainer = BudgetedCLTrainer(
