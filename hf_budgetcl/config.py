@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from transformers import TrainingArguments
 
-from .freezing.adaptive import AdaptiveFreezingSettings
+from .freezing.adaptive import FREEZE_PRESETS, AdaptiveFreezingSettings
 from .methods import BUILTIN_METHODS, METHODS
 from .methods.options import build_options
 from .methods.sar import SAROptions
@@ -99,6 +99,14 @@ class BudgetedCLConfig(TrainingArguments):
     )
     freeze_warmup_steps: int = field(
         default=AL.freeze_warmup_steps, metadata={"help": "aL: steps without freezing at the start."}
+    )
+    freeze_preset: str = field(
+        default="default",
+        metadata={
+            "help": "aL: named settings (default | authors: the authors' code, EMAs 0.001, uncorrected warm-up, "
+            "unfrozen with probability 0.5, Fisher on unfrozen steps only, stem outside the criterion); the aL "
+            "fields above override it where they differ from their defaults."
+        },
     )
     lisa_interval: int = field(default=20, metadata={"help": "LISA: steps between two draws of the active blocks."})
     # SAR's options as config fields too (--sar_temperature ...); method_options=... takes precedence.
@@ -194,6 +202,10 @@ class BudgetedCLConfig(TrainingArguments):
             raise ConfigError(f"stream: unknown stream type '{self.stream}'; choose one of: {', '.join(STREAM_KINDS)}")
         if self.freeze is not None and not FREEZE_PATTERN.match(self.freeze):
             raise ConfigError(f"freeze: expected none, adaptive, static:<n> or lisa[:<n>], got '{self.freeze}'")
+        if self.freeze_preset not in FREEZE_PRESETS:
+            raise ConfigError(
+                f"freeze_preset: expected one of {', '.join(FREEZE_PRESETS)}, got '{self.freeze_preset}'"
+            )
         if self.budget_matching not in BUDGET_MATCHING:
             raise ConfigError(
                 f"budget_matching: expected one of {', '.join(BUDGET_MATCHING)}, got '{self.budget_matching}'"

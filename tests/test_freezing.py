@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,12 @@ import pytest
 import torch
 
 from hf_budgetcl.accounting.flops import StepCost
-from hf_budgetcl.freezing.adaptive import AdaptiveFreezingCallback, AdaptiveFreezingSettings
+from hf_budgetcl.config import BudgetedCLConfig
+from hf_budgetcl.freezing.adaptive import FREEZE_PRESETS, AdaptiveFreezingCallback, AdaptiveFreezingSettings
+from hf_budgetcl.freezing.criterion import select_frozen_prefix
 from hf_budgetcl.freezing.policies import StaticFreezing, make_freezing_policy
 from hf_budgetcl.models.blocks import BlockPartition
+from hf_budgetcl.utils.errors import ConfigError
 from tests.helpers import digits_trainer
 
 
@@ -185,3 +189,123 @@ def test_curve_records_frozen_blocks_over_the_stream(tmp_path):
     results = json.loads(open(trainer.save_results()).read())
     assert [p["frozen_blocks"] for p in results["curve"]] == totals
     assert str(tmp_path / "freezing.png") in plot([results], str(tmp_path))
+
+
+def _stem_partition():
+    part = _partition()
+    part.names[0] = "stem"
+    return part
+
+
+def test_authors_preset_coin_is_seeded_and_resumable():
+    settings = replace(FREEZE_PRESETS["authors"], freeze_warmup_steps=0)
+    policy = AdaptiveFreezingCallback(_partition(), settings, seed=3)
+    policy.fisher[:] = [1e-6, 1e-6, 1.0]  # the criterion alone would freeze on every step
+    policy.fisher_seen[:] = True
+    first = [_decide(policy, COST) for _ in range(40)]
+    assert 8 < sum(n == 0 for n in first) < 32  # about half the steps left unfrozen, not every 4th
+    assert [n == 0 for n in first] != [(i + 1) % 4 == 0 for i in range(40)]
+    state = json.loads(json.dumps(policy.state_dict()))  # through cl_state.json
+    rest = [_decide(policy, COST) for _ in range(20)]
+    resumed = AdaptiveFreezingCallback(_partition(), settings, seed=99)
+    resumed.load_state_dict(state)
+    assert [_decide(resumed, COST) for _ in range(20)] == rest
+    other = AdaptiveFreezingCallback(_partition(), settings, seed=4)
+    other.fisher[:], other.fisher_seen[:] = policy.fisher, True
+    assert [_decide(other, COST) for _ in range(40)] != first
+
+
+def test_authors_preset_fisher_only_on_unfrozen_steps():
+    part = _partition()
+    policy = AdaptiveFreezingCallback(part, FREEZE_PRESETS["authors"])
+    for ps in part.params:
+        ps[0].grad = torch.ones(2)
+    policy.on_pre_optimizer_step(None, None, None)
+    before = policy.fisher.copy()
+    policy.last_frozen = 1  # a frozen step: the trained suffix's gradients must not enter F
+    part.params[0][0].grad = None
+    part.params[2][0].grad = torch.full((2,), 10.0)
+    policy.on_pre_optimizer_step(None, None, None)
+    assert policy.fisher.tolist() == before.tolist()
+    assert "fisher" not in policy.extra_flops(COST)  # and no Fisher FLOPs charged for it
+    policy.last_frozen = 0
+    part.params[0][0].grad = torch.ones(2)
+    policy.on_pre_optimizer_step(None, None, None)
+    assert policy.fisher[2] > before[2]
+
+
+def test_authors_preset_stem_rides_with_the_first_block():
+    settings = replace(
+        FREEZE_PRESETS["authors"],
+        freeze_warmup_steps=0,
+        unfreeze_probability=1e-9,
+        informativeness_bias_correction=True,
+    )
+    policy = AdaptiveFreezingCallback(_stem_partition(), settings)
+    # the stem alone would be frozen (little information per FLOP), the next block carries much information
+    policy.fisher[:] = [1e-6, 5.0, 5.0]
+    policy.fisher_seen[:] = True
+    with_stem = AdaptiveFreezingCallback(_stem_partition(), replace(settings, stem_in_criterion=True))
+    with_stem.fisher[:], with_stem.fisher_seen[:] = policy.fisher, True
+    assert _decide(with_stem, COST) == 1
+    assert _decide(policy, COST) == 0  # never the stem alone
+    policy.fisher[:] = [5.0, 1e-6, 5.0]  # an uninformative first block: frozen, and the stem with it
+    assert _decide(policy, COST) == 2
+
+
+def test_informativeness_warmup_without_bias_correction():
+    settings = AdaptiveFreezingSettings(freeze_warmup_steps=0, fisher_update_every=10**6, informativeness_ema=0.01)
+    corrected = AdaptiveFreezingCallback(_partition(), settings)
+    uncorrected = AdaptiveFreezingCallback(_partition(), replace(settings, informativeness_bias_correction=False))
+    for policy in (corrected, uncorrected):
+        policy.fisher[:] = [0.5, 0.5, 5.0]
+        policy.fisher_seen[:] = True
+    same = [(_decide(corrected, COST), _decide(uncorrected, COST)) for _ in range(20)]
+    assert all(c > 0 for c, _ in same[1:])  # same batch every step: s_b = 1 after the first, so it freezes
+    assert all(u == 0 for _, u in same)  # s_b = 1 / (1 - 0.99^t) > 5 here, above the freeze threshold 4
+
+
+def test_freeze_preset_from_config(tmp_path):
+    part = _partition()
+    args = BudgetedCLConfig(output_dir=str(tmp_path), memory_size=10, freeze_preset="authors", seed=5)
+    assert make_freezing_policy("adaptive", part, args).settings == FREEZE_PRESETS["authors"]
+    args = BudgetedCLConfig(output_dir=str(tmp_path), memory_size=10, freeze_preset="authors", fisher_ema=0.1)
+    assert make_freezing_policy("adaptive", part, args).settings.fisher_ema == 0.1  # a given field wins
+    with pytest.raises(ConfigError, match="freeze_preset"):
+        BudgetedCLConfig(output_dir=str(tmp_path), memory_size=10, freeze_preset="paper")
+
+
+def test_decision_with_zero_per_block_forward_equals_the_measured_split():
+    """decide() passes FF_i = 0 and the whole forward as head cost: since every forward is paid whatever is frozen,
+    only sum_i FF_i enters C_n, so the decision equals the paper's form with each block's measured forward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hf_budgetcl.accounting.flops import FlopsProfiler
+    from hf_budgetcl.models import build_image_classifier
+    from hf_budgetcl.models.blocks import find_blocks
+
+    torch.manual_seed(0)
+    model = build_image_classifier("cifar_resnet32", num_labels=4, num_channels=1, image_size=8, depths=(1, 1, 1))
+    blocks = find_blocks(model)
+    inputs = {"pixel_values": torch.randn(4, 1, 8, 8), "labels": torch.tensor([0, 1, 2, 3])}
+    cost = FlopsProfiler(model, blocks, lambda m, b: m(**b).loss).cost(inputs)
+    with FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    per_module = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    prefix = type(model).__name__
+    FF = [per_module.get(f"{prefix}.{name}", 0) for name in blocks.names]
+    assert all(f > 0 for f in FF) and sum(FF) < cost.forward
+    rng = np.random.default_rng(0)
+    decisions = set()
+    for _ in range(40):
+        policy = AdaptiveFreezingCallback(blocks, AdaptiveFreezingSettings(freeze_warmup_steps=0))
+        policy.fisher[:] = rng.exponential(1.0, len(blocks)) * np.array(cost.backward_saved_per_block)
+        policy.fisher_seen[:] = True
+        logits = model(inputs["pixel_values"]).logits  # the first step's s_b is 1 (bias-corrected mean)
+        n = policy.decide(model, inputs, _Out(logits), cost)
+        paper = select_frozen_prefix(
+            policy.fisher, FF, cost.backward_saved_per_block, 1.0, cost.forward - sum(FF), cost.backward_by_prefix[-1]
+        )
+        assert n == paper
+        decisions.add(n)
+    assert len(decisions) > 2  # the draws reach interior prefixes too, not only all or nothing

@@ -9,6 +9,7 @@ from hf_budgetcl.freezing.criterion import (
     batch_informativeness,
     fisher_ema_update,
     grad_sq_sum,
+    reachable_prefixes,
     select_frozen_prefix,
 )
 
@@ -324,3 +325,38 @@ def test_batch_informativeness_bias_correction_hand_computed():
     assert s1 == pytest.approx(0.25 / (0.125 / 0.5))  # debiased mean 0.25: the same batch scores 1
     raw, _ = batch_informativeness(logits, labels, W, m1, ema=0.5)
     assert raw == pytest.approx(2.0)  # uncorrected: inflated by 1 / (1 - 0.5)
+
+
+# reachable_prefixes: which n the criterion can choose at all
+
+
+def _chosen_over_all_s_b(F, FF, BF, head_fwd, head_bwd):
+    """Every n select_frozen_prefix picks, at s_b = 0, beyond every crossing of two BFC lines and between them."""
+    G, Q = np.concatenate([[0], np.cumsum(F)]), np.concatenate([[0], np.cumsum(BF)])
+    I = np.concatenate([np.cumsum(F[::-1])[::-1], [0]])
+    C = np.sum(FF) + head_fwd + head_bwd + np.concatenate([np.cumsum(BF[::-1])[::-1], [0]])
+    r_star = np.max(I / C)
+    cross = sorted(r_star * (Q[m] - Q[n]) / (G[m] - G[n]) for n in range(len(G)) for m in range(n) if G[m] != G[n])
+    cross = [c for c in cross if c > 0]
+    points = [0.0, *cross, *(0.5 * (a + b) for a, b in zip(cross, cross[1:])), 2 * max(cross, default=1.0) + 1]
+    return sorted({select_frozen_prefix(F, FF, BF, s, head_fwd, head_bwd) for s in points})
+
+
+def test_reachable_prefixes_are_exactly_those_the_criterion_picks():
+    rng = np.random.default_rng(0)
+    seen_interior = False
+    for _ in range(200):
+        L = int(rng.integers(1, 7))
+        F, BF, FF = rng.exponential(1.0, L), rng.exponential(1.0, L), rng.exponential(1.0, L)
+        head_fwd, head_bwd = rng.exponential(1.0, 2)
+        reach = reachable_prefixes(F, BF)
+        assert reach == _chosen_over_all_s_b(F, FF, BF, head_fwd, head_bwd)
+        seen_interior |= any(0 < n < L for n in reach)
+    assert seen_interior
+
+
+def test_information_per_flop_falling_with_depth_leaves_all_or_nothing():
+    BF = np.array([20.0, 70.0, 60.0, 50.0])
+    F = BF * np.array([40.0, 7.3, 7.2, 6.2])  # F_j / BF_j falls from block to block
+    assert reachable_prefixes(F, BF) == [0, 4]
+    assert reachable_prefixes(F[::-1], BF[::-1]) == [0, 1, 2, 3, 4]  # rising: every prefix can win

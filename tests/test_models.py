@@ -19,6 +19,7 @@ from hf_budgetcl.models import (
     build_image_classifier,
     register_auto_classes,
 )
+from hf_budgetcl.utils.errors import ConfigError
 
 # (preset, channels, image size) as the recipes use them
 CASES = [
@@ -97,15 +98,29 @@ def test_hidden_states_and_tuple_output():
     assert model(x).hidden_states is None
 
 
-def test_init_weights_follow_he_init():
+@pytest.mark.parametrize("conv_init", ["default", "kaiming_fan_out"])
+def test_conv_init_options(tmp_path, conv_init):
     torch.manual_seed(0)
-    model = CifarResNetForImageClassification(CifarResNetConfig(num_labels=10))
-    conv = model.blocks[0].conv1  # 16 -> 16, 3x3: kaiming fan_out std = sqrt(2 / (16 * 9))
-    assert abs(conv.weight.std().item() - math.sqrt(2 / 144)) < 0.02
+    model = build_image_classifier("cifar_resnet32", num_labels=10, num_channels=3, image_size=32, conv_init=conv_init)
+    conv = model.blocks[0].conv1.weight  # 16 -> 16, 3x3: fan_in = fan_out = 144
+    if conv_init == "default":  # torch's Conv2d: uniform with bound 1 / sqrt(fan_in)
+        assert conv.abs().max() <= 1 / 12 and abs(conv.std().item() - 1 / 12 / math.sqrt(3)) < 0.005
+    else:  # He et al.: normal with std sqrt(2 / fan_out)
+        assert abs(conv.std().item() - math.sqrt(2 / 144)) < 0.01 and conv.abs().max() > 1 / 12
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)
-    bound = 1 / math.sqrt(64)
-    assert model.classifier.bias.abs().max() <= bound
+    assert model.classifier.bias.abs().max() <= 1 / math.sqrt(64)
+    model.save_pretrained(tmp_path)  # the choice is part of the config; loaded weights are not re-initialised
+    loaded = CifarResNetForImageClassification.from_pretrained(tmp_path)
+    assert loaded.config.conv_init == conv_init and torch.equal(loaded.blocks[0].conv1.weight, conv)
+
+
+def test_conv_init_is_checked():
+    assert CifarResNetConfig().conv_init == "default"
+    with pytest.raises(ConfigError, match="conv_init"):
+        CifarResNetConfig(conv_init="xavier")
+    with pytest.raises(ConfigError, match="conv_init: only the CIFAR ResNet presets"):
+        build_image_classifier("tiny_vit", num_labels=3, num_channels=1, image_size=8, conv_init="default")
 
 
 def test_config_validation_and_registration():

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hf_budgetcl.methods import get_method
-from hf_budgetcl.methods.sar import SAR, head_gradient_features
+from hf_budgetcl.methods.sar import SAR, conv_gradient_features, head_gradient_features
 from hf_budgetcl.stream.memory import EpisodicMemory
 from tests.helpers import FakeMethodContext
 
@@ -332,3 +332,19 @@ def test_two_ranks_agree(tmp_path):
             assert a[key] == b[key], (method, key)
         assert a["similarity_updates"] == 8 * len(a["steps"])  # the gathered global batch, on both ranks
         assert np.any(np.asarray(a["S"]) != 0)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0)])
+def test_conv_gradient_features_match_autograd_per_sample(stride, padding):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=stride, padding=padding, bias=False)
+    x = torch.randn(5, 3, 7, 7)
+    target = torch.randn(5, 4, *conv(x).shape[2:])
+    coords = torch.tensor([0, 7, 26, 27, 50, 107])  # flat indices into the (4, 3, 3, 3) weight
+    out = conv(x)
+    loss = ((out - target) ** 2).sum()  # a sum of independent per-sample losses
+    (grad_out,) = torch.autograd.grad(loss, out)
+    got = conv_gradient_features(x, grad_out, conv, coords)
+    for n in range(5):
+        (grad_w,) = torch.autograd.grad(((conv(x[n : n + 1]) - target[n : n + 1]) ** 2).sum(), conv.weight)
+        torch.testing.assert_close(got[n], grad_w.flatten()[coords])

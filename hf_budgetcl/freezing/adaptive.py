@@ -41,6 +41,35 @@ class AdaptiveFreezingSettings:
     informativeness_ema: float = 0.01  # EMA ratio of the batch informativeness
     fisher_update_every: int = 4  # every this many steps nothing is frozen, refreshing every Fisher trace
     freeze_warmup_steps: int = 50  # steps without freezing at the start
+    # > 0: instead of every fisher_update_every-th step, each step is left unfrozen with this probability (a seeded,
+    # checkpointed coin), as the authors' launcher does with 0.5
+    unfreeze_probability: float = 0.0
+    # the running mean m of the informativeness bias-corrected as in Adam; False: m starts at 0 uncorrected, which
+    # inflates s_b by 1 / (1 - (1 - ema)^t) and so blocks freezing for about 1 / ema steps (the authors' warm-up)
+    informativeness_bias_correction: bool = True
+    # update the Fisher traces only on steps where nothing was frozen (the authors'); False: every trained block's
+    # trace on every step, which biases the suffix (frozen steps are the low-informativeness batches)
+    fisher_on_unfrozen_steps_only: bool = False
+    # False: a stem block (the partition's "stem") is left out of the criterion and frozen together with the first
+    # block whenever anything is frozen, as the authors' get_freeze_idx does
+    stem_in_criterion: bool = True
+
+
+#: named aL settings (``freeze_preset``); "authors" follows the authors' ours_new.py (commit 2e5ecc1) and launcher:
+#: EMAs 0.001, the uncorrected informativeness mean (their implicit warm-up; explicit warm-up 3 steps,
+#: ``train_count > 2``), unfrozen with probability 0.5, Fisher from fully unfrozen steps only, stem outside.
+FREEZE_PRESETS: dict[str, AdaptiveFreezingSettings] = {
+    "default": AdaptiveFreezingSettings(),
+    "authors": AdaptiveFreezingSettings(
+        fisher_ema=0.001,
+        informativeness_ema=0.001,
+        freeze_warmup_steps=3,
+        unfreeze_probability=0.5,
+        informativeness_bias_correction=False,
+        fisher_on_unfrozen_steps_only=True,
+        stem_in_criterion=False,
+    ),
+}
 
 
 def _logits_and_targets(inputs: dict, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,9 +82,12 @@ def _logits_and_targets(inputs: dict, outputs: Any) -> tuple[torch.Tensor, torch
 class AdaptiveFreezingCallback(TrainerCallback):
     """aL: freeze, per batch, the prefix of blocks that would gain the least Fisher information per FLOP."""
 
-    def __init__(self, blocks: BlockPartition, settings: AdaptiveFreezingSettings | None = None):
+    def __init__(self, blocks: BlockPartition, settings: AdaptiveFreezingSettings | None = None, seed: int = 0):
         self.blocks = blocks
         self.settings = settings or AdaptiveFreezingSettings()
+        self._coin = np.random.default_rng(seed)  # the unfreeze draw; rank 0's decides under DDP
+        # the stem rides with the first block when the criterion leaves it out
+        self._skip = int(not self.settings.stem_in_criterion and len(blocks) > 1 and blocks.names[0] == "stem")
         self.fisher = np.zeros(len(blocks))
         self.fisher_seen = np.zeros(len(blocks), dtype=bool)
         self.info_mean = 0.0
@@ -80,26 +112,33 @@ class AdaptiveFreezingCallback(TrainerCallback):
             self._head_weight.detach(),
             self.info_mean,
             ema=self.settings.informativeness_ema,
-            updates=self.steps - 1,
+            updates=self.steps - 1 if self.settings.informativeness_bias_correction else None,
         )
         rows = int((labels != -100).sum())
         dim, classes = self._head_weight.shape[1], logits.shape[-1]
         self._last_decision_flops = rows * dim * (2 * classes - 1) + rows * dim  # (p - Y) W and its squares
         n = 0
-        refresh = (
-            self.steps <= self.settings.freeze_warmup_steps or self.steps % self.settings.fisher_update_every == 0
-        )
-        if not refresh and self.fisher_seen.all():
-            saved = cost.backward_saved_per_block
+        if self.settings.unfreeze_probability > 0:
+            unfreeze = bool(self._coin.random() < self.settings.unfreeze_probability)  # drawn every step: resumable
+        else:
+            unfreeze = self.steps % self.settings.fisher_update_every == 0
+        refresh = self.steps <= self.settings.freeze_warmup_steps or unfreeze
+        k = self._skip
+        if not refresh and self.fisher_seen[k:].all():
+            # The whole forward (cost.forward) is paid whatever is frozen, so C_n = forward + BWD(n) needs no per-block
+            # split of it: a zero FF per block with the total as head_fwd gives the same C_n (docs/findings.md).
+            saved = np.array(cost.backward_saved_per_block[k:])
+            if k:  # a riding stem is frozen with the first block: that choice saves both backwards
+                saved[0] += sum(cost.backward_saved_per_block[:k])
             n = select_frozen_prefix(
-                self.fisher,
-                np.zeros(len(self.blocks)),
+                self.fisher[k:],
+                np.zeros(len(self.blocks) - k),
                 saved,
                 s_b,
                 head_fwd=cost.forward,
                 head_bwd=cost.backward_by_prefix[-1],
             )
-            n = min(n, self.blocks.max_frozen)
+            n = min(n + k if n else 0, self.blocks.max_frozen)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             decision = torch.tensor([n], dtype=torch.long)
             dist.broadcast(decision, src=0)  # rank 0 decides: every rank prunes the same graph
@@ -108,6 +147,8 @@ class AdaptiveFreezingCallback(TrainerCallback):
         return n
 
     def extra_flops(self, cost: StepCost) -> dict[str, float]:
+        if self.settings.fisher_on_unfrozen_steps_only and self.last_frozen > 0:
+            return {"freeze_decision": float(self._last_decision_flops)}  # no Fisher update on this step
         fisher = 2.0 * sum(p.numel() for p in self.blocks.trainable_from(self.last_frozen))
         return {"freeze_decision": float(self._last_decision_flops), "fisher": fisher}
 
@@ -123,6 +164,8 @@ class AdaptiveFreezingCallback(TrainerCallback):
         # A block without any gradient did not train (e.g. a batch skipped for a non-finite loss): a zero there would
         # drag its EMA down, so it keeps its value.
         trained &= np.array([any(p.grad is not None for p in params) for params in self.blocks.params], dtype=bool)
+        if self.settings.fisher_on_unfrozen_steps_only and self.last_frozen > 0:
+            trained[:] = False
         new = np.zeros(len(self.blocks))
         for i in np.flatnonzero(trained):
             new[i], bad = grad_sq_sum(p.grad for p in self.blocks.params[i])
@@ -143,6 +186,7 @@ class AdaptiveFreezingCallback(TrainerCallback):
             "steps": self.steps,
             "last_frozen": self.last_frozen,
             "nonfinite_grads": self.nonfinite_grads,
+            "coin": self._coin.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,3 +196,5 @@ class AdaptiveFreezingCallback(TrainerCallback):
         self.info_mean = float(state["info_mean"])
         for name in ("steps", "last_frozen", "nonfinite_grads"):
             setattr(self, name, int(state[name]))
+        if "coin" in state:  # checkpoints written before the coin existed have none
+            self._coin.bit_generator.state = state["coin"]

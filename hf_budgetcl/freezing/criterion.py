@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "select_frozen_prefix",
+    "reachable_prefixes",
     "fisher_ema_update",
     "grad_sq_sum",
     "batch_informativeness",
@@ -84,6 +85,33 @@ def select_frozen_prefix(
     scale = r_star * prefix_BF[-1] + float(s_b) * prefix_F[-1]
     best = bfc.max()
     return int(np.flatnonzero(bfc >= best - _TIE_RTOL * scale)[0])
+
+
+def reachable_prefixes(fisher: Sequence[float] | np.ndarray, bwd_saved: Sequence[float] | np.ndarray) -> list[int]:
+    """The prefix lengths :func:`select_frozen_prefix` can choose for some batch, i.e. for some ``s_b >= 0``.
+
+    ``BFC_n = R* Q_n - s_b G_n`` with ``Q_n = sum_{i<n} BF_i`` and ``G_n = sum_{i<n} F_i`` is, for each ``n``, a line
+    in ``s_b``; ``n*`` is the top line. So ``n`` can win only if ``(G_n, Q_n)`` is a vertex of the upper convex hull
+    of the points ``n = 0..L``, whatever ``R* > 0`` is (it only scales ``Q``). When the backward saved per unit of
+    Fisher, ``BF_j / F_j``, grows from block to block (the first blocks hold the most information per FLOP), the
+    points lie on a convex curve and only ``0`` and ``L`` are reachable: all or nothing.
+    """
+    F = np.asarray(fisher, dtype=np.float64).reshape(-1)
+    BF = np.asarray(bwd_saved, dtype=np.float64).reshape(-1)
+    G = np.concatenate([[0.0], np.cumsum(F)])
+    Q = np.concatenate([[0.0], np.cumsum(BF)])
+    # among prefixes losing the same information only the one saving most can win (the smaller n on a tie)
+    candidates = [n for n in range(G.size) if not any(G[m] == G[n] and (Q[m], -m) > (Q[n], -n) for m in range(G.size))]
+    hull: list[int] = []
+    for n in candidates:  # G rises with n: a monotone-chain upper hull
+        # a vertex on or below the chord of its neighbours never wins (on the chord it ties, and the smaller n wins)
+        while len(hull) >= 2 and (Q[hull[-1]] - Q[hull[-2]]) * (G[n] - G[hull[-2]]) <= (Q[n] - Q[hull[-2]]) * (
+            G[hull[-1]] - G[hull[-2]]
+        ):
+            hull.pop()
+        hull.append(n)
+    top = max(hull, key=lambda n: (Q[n], -n))  # past the largest saving, more information is lost for nothing
+    return [n for n in hull if n <= top]
 
 
 def fisher_ema_update(

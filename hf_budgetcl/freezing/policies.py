@@ -10,7 +10,7 @@ from torch import nn
 from ..accounting.flops import StepCost
 from ..models.blocks import BlockPartition
 from ..utils.errors import ConfigError
-from .adaptive import AdaptiveFreezingCallback, AdaptiveFreezingSettings
+from .adaptive import FREEZE_PRESETS, AdaptiveFreezingCallback, AdaptiveFreezingSettings
 
 
 class FreezingPolicy(Protocol):
@@ -64,11 +64,19 @@ def make_freezing_policy(mode: str, blocks: BlockPartition, args: Any) -> Any:
     if mode.startswith("static:"):
         return StaticFreezing(int(mode.split(":", 1)[1]), blocks)
     if mode == "adaptive":
+        # the preset's values, then every config field that differs from the library default (an explicit
+        # --fisher_ema 0.01 under freeze_preset authors is indistinguishable from the default, so it keeps 0.001)
         defaults = AdaptiveFreezingSettings()
-        return AdaptiveFreezingCallback(
-            blocks,
-            replace(defaults, **{f.name: getattr(args, f.name) for f in fields(defaults) if hasattr(args, f.name)}),
-        )
+        preset_name = getattr(args, "freeze_preset", "default")
+        if preset_name not in FREEZE_PRESETS:
+            raise ConfigError(f"freeze_preset: expected one of {', '.join(FREEZE_PRESETS)}, got '{preset_name}'")
+        preset = FREEZE_PRESETS[preset_name]
+        given = {
+            f.name: getattr(args, f.name)
+            for f in fields(defaults)
+            if hasattr(args, f.name) and getattr(args, f.name) != getattr(defaults, f.name)
+        }
+        return AdaptiveFreezingCallback(blocks, replace(preset, **given), seed=getattr(args, "seed", 0))
     if mode == "lisa" or mode.startswith("lisa:"):
         from .lisa import LisaFreezing
 

@@ -94,6 +94,26 @@ def head_gradient_features(
     return (residual * features.float()[:, cols]).clamp_(-1.0, 1.0)
 
 
+def conv_gradient_features(
+    inputs: torch.Tensor, grad_output: torch.Tensor, conv: nn.Conv2d, coords: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample gradients of ``conv.weight`` at flat weight indices ``coords`` (K,), as (N, K), from the layer's
+    input (N, C_in, H, W) and the gradient of the loss at its output (N, C_out, H', W'): the reference's features.
+
+    ``dL_n / dW[o, r] = sum_pos grad_out[n, o, pos] * unfold(x)[n, r, pos]`` with ``r`` the (c_in, kh, kw) index,
+    unfold's row order; the weight's flat index is ``o * C_in kh kw + r``. Costs ``2 N K P`` FLOPs (P output
+    positions) beyond the unfold. Groups are not supported (every block conv of the presets has one).
+    """
+    if conv.groups != 1:
+        raise ValueError("conv_gradient_features: grouped convolutions are not supported")
+    cols = torch.nn.functional.unfold(
+        inputs, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
+    )  # (N, C_in kh kw, P)
+    per_out = cols.shape[1]
+    out_rows, in_rows = coords // per_out, coords % per_out
+    return (grad_output.flatten(2)[:, out_rows, :] * cols[:, in_rows, :]).sum(-1)
+
+
 class SAR(ContinualMethod):
     """Replay with similarity-aware, frequency-based retrieval; every batch comes from memory."""
 

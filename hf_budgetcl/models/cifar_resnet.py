@@ -24,7 +24,15 @@ from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from ..utils.errors import ConfigError
 
-__all__ = ["BasicBlock", "CifarResNetConfig", "CifarResNetForImageClassification", "CifarResNetPreTrainedModel"]
+CONV_INITS = ("default", "kaiming_fan_out")
+
+__all__ = [
+    "CONV_INITS",
+    "BasicBlock",
+    "CifarResNetConfig",
+    "CifarResNetForImageClassification",
+    "CifarResNetPreTrainedModel",
+]
 
 
 class CifarResNetConfig(PreTrainedConfig):
@@ -36,6 +44,9 @@ class CifarResNetConfig(PreTrainedConfig):
         widths: output channels of each stage.
         strides: stride of the first block of each stage.
         depths: number of BasicBlocks in each stage (``(5, 5, 5)`` = ResNet-32, ``(3, 3, 3)`` = ResNet-20).
+        conv_init: ``"default"`` (PyTorch's ``Conv2d.reset_parameters``) or ``"kaiming_fan_out"`` (He et al.'s
+            ``kaiming_normal_(mode="fan_out")``, the authors' and torchvision's choice). Under BatchNorm with Adam the
+            fan-out init makes the block convs learn more slowly; see docs/findings.md for the measurement.
         num_labels: classifier outputs (handled by ``PreTrainedConfig``).
     """
 
@@ -46,6 +57,7 @@ class CifarResNetConfig(PreTrainedConfig):
     widths: list[int] | tuple[int, ...] = (16, 32, 64)
     strides: list[int] | tuple[int, ...] = (1, 2, 2)
     depths: list[int] | tuple[int, ...] = (5, 5, 5)
+    conv_init: str = "default"
 
     def __post_init__(self, **kwargs):
         # lists, so a config compares equal to itself after a JSON round trip
@@ -54,6 +66,8 @@ class CifarResNetConfig(PreTrainedConfig):
             raise ConfigError(
                 f"widths, strides and depths need one entry per stage, got {self.widths}, {self.strides}, {self.depths}"
             )
+        if self.conv_init not in CONV_INITS:
+            raise ConfigError(f"conv_init: expected one of {', '.join(CONV_INITS)}, got {self.conv_init!r}")
         super().__post_init__(**kwargs)
 
 
@@ -86,13 +100,14 @@ class CifarResNetPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["BasicBlock"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        # torchvision/He init, through transformers.initialization so already-loaded weights are left alone
-        if isinstance(module, nn.Conv2d):
+        # through transformers.initialization, so already-loaded weights are left alone
+        if isinstance(module, nn.Conv2d) and self.config.conv_init == "kaiming_fan_out":
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.Linear):  # torch's own Linear.reset_parameters
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):  # torch's own Conv2d/Linear.reset_parameters
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
-                bound = 1 / math.sqrt(module.weight.shape[1]) if module.weight.shape[1] > 0 else 0
+                fan_in = module.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
                 init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.BatchNorm2d):
             init.ones_(module.weight)

@@ -65,6 +65,7 @@ PRESETS: dict[str, Callable[..., tuple[type[PreTrainedModel], PreTrainedConfig]]
     "tiny_vit": _tiny_vit,
     "tiny_resnet": _tiny_resnet,
 }
+_CIFAR_PRESETS = tuple(PRESETS[name] for name in ("cifar_resnet32", "fmd5_resnet", "digits_resnet"))
 
 
 def build_image_classifier(
@@ -73,6 +74,7 @@ def build_image_classifier(
     num_channels: int,
     image_size: int,
     label_names: Sequence[str] | None = None,
+    conv_init: str | None = None,
     **overrides: Any,
 ) -> PreTrainedModel:
     """Return an image classification ``PreTrainedModel``.
@@ -83,12 +85,21 @@ def build_image_classifier(
       never ``trust_remote_code``), with the head re-sized to ``num_labels``; ``overrides`` are config fields.
       A checkpoint whose ``num_channels`` differs from ``num_channels`` is rejected rather than silently mis-fed.
     * ``label_names`` (the dataset's class names, in label order) become ``id2label``/``label2id``.
+    * ``conv_init`` (``default`` | ``kaiming_fan_out``, see :class:`CifarResNetConfig`) picks the convolutions' random
+      init of the CIFAR ResNet presets; ``None`` keeps the config's default. Other models have no such choice.
     """
     if label_names is not None:
         if len(label_names) != num_labels:
             raise ConfigError(f"label names: {len(label_names)} names for {num_labels} labels")
         overrides = {**overrides, "id2label": dict(enumerate(map(str, label_names)))}
         overrides["label2id"] = {name: i for i, name in overrides["id2label"].items()}
+    if conv_init is not None:
+        if model_name_or_path not in PRESETS or PRESETS[model_name_or_path] not in _CIFAR_PRESETS:
+            cifar = ", ".join(name for name, make in PRESETS.items() if make in _CIFAR_PRESETS)
+            raise ConfigError(
+                f"conv_init: only the CIFAR ResNet presets ({cifar}) take it, not {model_name_or_path!r}"
+            )
+        overrides["conv_init"] = conv_init
     if model_name_or_path in PRESETS:
         model_cls, config = PRESETS[model_name_or_path](num_labels, num_channels, image_size, **overrides)
         return model_cls(config)

@@ -34,9 +34,17 @@ class ModelArguments:
     image_size: int | None = field(default=None, metadata={"help": "Resize images to this size (after padding)."})
     pad: int = field(default=0, metadata={"help": "Zero padding on each side (FM-D5: 2, 28 -> 32)."})
     channels: int | None = field(default=None, metadata={"help": "Repeat grey images to this many channels."})
+    conv_init: str | None = field(
+        default=None, metadata={"help": "CIFAR ResNet presets: default (PyTorch's) | kaiming_fan_out (the authors')."}
+    )
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
+        if self.conv_init is not None:
+            from ..models.cifar_resnet import CONV_INITS
+
+            if self.conv_init not in CONV_INITS:
+                raise ConfigError(f"conv_init: expected one of {', '.join(CONV_INITS)}, got {self.conv_init!r}")
 
 
 @dataclass
@@ -156,6 +164,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         num_channels=model_channels,
         image_size=image_size,
         label_names=names if names is not None and len(names) == num_labels else None,
+        conv_init=model_args.conv_init,
     )
     if processor is not None:
         collator = collator_for_processor(processor, shape, model_channels, pad=model_args.pad)
