@@ -282,8 +282,9 @@ def _first(value: str | list[str] | None) -> str | None:
     return value[0] if isinstance(value, (list, tuple)) and value else (value or None)
 
 
-def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
-    """Write the card of a finished run to ``trainer.args.output_dir/README.md``; returns its path.
+def write_trainer_model_card(trainer: Any, output_dir: str | None = None, **kwargs: Any) -> str | None:
+    """Write the card of a finished run to ``output_dir/README.md`` (default: ``trainer.args.output_dir``, the folder
+    that names the model); returns its path.
 
     Takes ``Trainer.create_model_card``'s keyword arguments: ``model_name`` (default: the Hub repo name or the output
     directory name), ``finetuned_from`` (default: the model's ``name_or_path`` when it is a Hub id), ``dataset``
@@ -320,7 +321,8 @@ def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
         license=kwargs.get("license"),
         repo_id=repo_id if repo_id and REPO_ID.match(repo_id) else None,
     )
-    path = os.path.join(args.output_dir, "README.md")
-    os.makedirs(args.output_dir, exist_ok=True)
+    output_dir = output_dir or args.output_dir
+    path = os.path.join(output_dir, "README.md")
+    os.makedirs(output_dir, exist_ok=True)
     card.save(path)
     return path

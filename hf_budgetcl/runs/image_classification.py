@@ -6,7 +6,6 @@ Runs with ``python recipes/image_classification.py --config ...``, ``accelerate 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -135,9 +134,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         processing_class=image_processor_for(collator, np.asarray(train[0]["pixel_values"]).shape),
     )
     del train  # the trainer holds the same bytes in ImageRows: do not keep the Arrow copy through training
-    trainer.train()
-    stream.to_json(os.path.join(config.output_dir, "stream.json"))
-    trainer.save_model()
+    trainer.train()  # ends with the atomic finish: model, processor, results, card, stream.json
     return trainer
 
 

@@ -268,9 +268,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         data_collator=collator,
         processing_class=processor,
     )
-    trainer.train()
-    stream.to_json(os.path.join(config.output_dir, "stream.json"))
-    trainer.save_model()  # LoRA: the adapter (+ base path in adapter_config.json); full FT: the whole model
+    trainer.train()  # ends with the atomic finish: model (LoRA: the adapter), processor, results, card, stream.json
     return trainer
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import os
 import sys
@@ -57,10 +56,10 @@ from .callbacks import StreamControlCallback, StreamProgressCallback
 from .checkpointing import (
     CheckpointSaveError,
     ContinualStateCheckpoint,
-    find_resumable_checkpoint,
     read_cl_state,
     resolve_resume_checkpoint,
 )
+from .finish import disk_error_message, finish_run, is_disk_error
 from .output_dir import prepare_output_dir
 from .results import format_summary, json_default
 from .run_state import RunProgress, RunState, is_stateful
@@ -365,19 +364,10 @@ class BudgetedCLTrainer(Trainer):
             output = super().train(
                 resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
             )
-        except OSError as err:
-            if isinstance(err, CheckpointSaveError) or err.errno not in _DISK_ERRORS:
+        except Exception as err:  # a full disk while Trainer writes a checkpoint: one line, not a traceback
+            if isinstance(err, CheckpointSaveError) or not is_disk_error(err):
                 raise
-            last = find_resumable_checkpoint(self.args.output_dir)
-            raise CheckpointSaveError(
-                err.errno,
-                f"writing in {self.args.output_dir} failed ({err.strerror}); "
-                + (
-                    f"the last complete checkpoint {last} is intact: rerun with --resume"
-                    if last
-                    else "no complete checkpoint yet"
-                ),
-            ) from err
+            raise disk_error_message(err, self.args.output_dir, "writing a checkpoint") from err
         train_time = time.perf_counter() - start + self.progress.elapsed_before_resume_s
         # Whatever training did not consume (budget spent, or no iteration left) still arrives and is evaluated.
         for position in self.stream_sampler.drain():
@@ -388,11 +378,15 @@ class BudgetedCLTrainer(Trainer):
         self.results = self.build_results(
             wall_time_s=time.perf_counter() - start + self.progress.elapsed_before_resume_s, train_time_s=train_time
         )
+        self.save_final()
         if self.is_world_process_zero():
-            self.save_results()
-            self.create_model_card()
             print(format_summary(self.results), file=sys.stderr)
         return output
+
+    def save_final(self) -> None:
+        """The final artifacts (weights, processor, results.json, card, stream.json) into ``output_dir``, all at once
+        and marked complete, or not at all (see :mod:`~hf_budgetcl.training.finish`)."""
+        finish_run(self)
 
     # ---- checkpointed continual-learning state (Trainer checkpoints the model, optimizer, scheduler and RNGs) ----
     def stream_fingerprint(self) -> str:
@@ -482,6 +476,3 @@ class BudgetedCLTrainer(Trainer):
         from ..hub.model_card import write_trainer_model_card
 
         write_trainer_model_card(self, **card)
-
-
-_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
