@@ -172,6 +172,13 @@ class BudgetedCLConfig(TrainingArguments):
             "--resume_from_checkpoint PATH picks one."
         },
     )
+    allow_inexact_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint without optimizer/scheduler state (save_only_model), with a fresh "
+            "optimizer; results.json then says exact_resume: false."
+        },
+    )
 
     def stream_arguments(self) -> tuple[int, dict]:
         """The seed and the keyword arguments of :func:`~hf_budgetcl.stream.orders.build_stream` for ``stream``."""

@@ -134,6 +134,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         processing_class=image_processor_for(collator, np.asarray(train[0]["pixel_values"]).shape),
     )
     del train  # the trainer holds the same bytes in ImageRows: do not keep the Arrow copy through training
+    trainer.run_arguments.record(model_args, data_args)  # a resume with another model or data refuses
     trainer.train()  # ends with the atomic finish: model, processor, results, card, stream.json
     return trainer
 

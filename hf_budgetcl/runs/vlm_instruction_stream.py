@@ -268,6 +268,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         data_collator=collator,
         processing_class=processor,
     )
+    trainer.run_arguments.record(model_args, data_args)  # a resume with another model or data refuses
     trainer.train()  # ends with the atomic finish: model (LoRA: the adapter), processor, results, card, stream.json
     return trainer
 

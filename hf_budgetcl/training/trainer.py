@@ -56,12 +56,14 @@ from .callbacks import StreamControlCallback, StreamProgressCallback
 from .checkpointing import (
     CheckpointSaveError,
     ContinualStateCheckpoint,
+    check_checkpoint_files,
     read_cl_state,
     resolve_resume_checkpoint,
 )
 from .finish import disk_error_message, finish_run, is_disk_error
 from .output_dir import prepare_output_dir
 from .results import format_summary, json_default
+from .resume_guard import RunArguments
 from .run_state import RunProgress, RunState, is_stateful
 
 __all__ = ["BudgetedCLTrainer", "BudgetedCLConfig"]
@@ -169,6 +171,12 @@ class BudgetedCLTrainer(Trainer):
         self.results: dict[str, Any] | None = None
         self._pending_eval: list[int] = []
         self.add_callback(StreamControlCallback(self))
+        self.run_arguments = RunArguments(  # the resume guard: a checkpoint continues only the run that wrote it
+            args,
+            model_class=type(self.accelerator.unwrap_model(self.model)).__name__,
+            model_parameters=sum(p.numel() for p in self.model.parameters()),
+            world_size=self.world_size,
+        )
         self.run_state = RunState(self.stream_fingerprint, self.stateful_parts)
         self.add_callback(ContinualStateCheckpoint(self.run_state.state_dict, default=json_default))
         if args.budget_matching != "none":
@@ -357,6 +365,8 @@ class BudgetedCLTrainer(Trainer):
             self.args.output_dir, checkpoint is not None, self.args.overwrite_output_dir, self.is_world_process_zero()
         )
         if checkpoint is not None:
+            self.run_arguments.check_checkpoint(checkpoint, self.args.allow_inexact_resume)
+            check_checkpoint_files(checkpoint)
             self.run_state.load_state_dict(read_cl_state(checkpoint))
         self.progress.started_at = start
         self.check_budget_affords_one_iteration()
@@ -396,6 +406,7 @@ class BudgetedCLTrainer(Trainer):
     def stateful_parts(self) -> dict[str, Any]:
         """Everything beyond Trainer's checkpoint that the rest of the run depends on, by name."""
         parts = {
+            "arguments": self.run_arguments,  # first: a changed run is refused before anything is loaded
             "sampler": self.stream_sampler,  # cursor, memory + use counts, generators, method state
             "ledger": self.ledger,
             "freezing": self.freezing,
@@ -432,6 +443,7 @@ class BudgetedCLTrainer(Trainer):
             "online_iter_final": self.stream_sampler.online_iter,
             "batch_size": self.global_batch_size,
             "stopped_by": self.progress.stop_reason,
+            "exact_resume": self.run_arguments.exact,
             "skipped_nonfinite_batches": self.progress.skipped_nonfinite,
             "wall_time_s": wall_time_s,
             "train_time_s": train_time_s,
