@@ -59,7 +59,9 @@ def make_parser() -> ConfigParser:
     return ConfigParser((ModelArguments, DataArguments, BudgetedCLConfig))
 
 
-def load_data(data_args: DataArguments):
+def load_data(data_args: DataArguments, image_size: int | None = None):
+    """Train and test splits; ``image_size`` resizes a generic dataset's images as they load (images of differing
+    size are an error without it)."""
     from ..data.idx import load_fashion_mnist
     from ..data.image_datasets import load_digits_dataset, load_image_dataset
 
@@ -69,9 +71,25 @@ def load_data(data_args: DataArguments):
         train, test = load_digits_dataset()
     else:
         train, test = load_image_dataset(
-            data_args.dataset, image_column=data_args.image_column, label_column=data_args.label_column
+            data_args.dataset,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            image_size=image_size,
         )
     return first_per_class(train, data_args.per_class_train), first_per_class(test, data_args.per_class_test)
+
+
+def check_classes_match(train, test) -> None:
+    """Every class of the stream needs test images (else its accuracy is NaN), and the test split no others."""
+    if test is None:
+        return
+    train_classes, test_classes = set(np.unique(train["label"]).tolist()), set(np.unique(test["label"]).tolist())
+    if train_classes != test_classes:
+        only_train, only_test = sorted(train_classes - test_classes), sorted(test_classes - train_classes)
+        raise ConfigError(
+            f"dataset: the train and test splits have different classes (only in train: {only_train}, only in "
+            f"test: {only_test}); every streamed class needs test images"
+        )
 
 
 def first_per_class(dataset, n: int | None):
@@ -108,9 +126,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     from ..training.trainer import BudgetedCLTrainer
 
     set_seed(config.seed)
-    train, test = load_data(data_args)
+    # An explicit image_size resizes at load (so images of differing size can stream), the padding kept outside it.
+    load_size = model_args.image_size - 2 * model_args.pad if model_args.image_size else None
+    if load_size is not None and load_size < 1:
+        raise ConfigError(f"image_size: {model_args.image_size} leaves no pixel after pad {model_args.pad}")
+    train, test = load_data(data_args, image_size=load_size)
     if "label" not in train.column_names:
         raise ConfigError(f"label_column: the dataset has no label column (columns: {', '.join(train.column_names)})")
+    check_classes_match(train, test)
     train.info.dataset_name = data_args.dataset  # named in the model card and its model-index
     stream = make_stream(config, train, data_args)
     channels, height = np.asarray(train[0]["pixel_values"]).shape[:2]

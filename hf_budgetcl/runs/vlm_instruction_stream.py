@@ -106,6 +106,10 @@ class DataArguments:
     question_column: str = field(default="question", metadata={"help": "Question/instruction column."})
     answer_column: str = field(default="answer", metadata={"help": "Answer column."})
     concept_column: str = field(default="concept", metadata={"help": "Concept/task column (the stream's class)."})
+    allow_external_paths: bool = field(
+        default=False,
+        metadata={"help": "Let a jsonl's image paths point outside its folder (absolute, '..', symlinks)."},
+    )
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
@@ -130,6 +134,7 @@ def load_data(data_args: DataArguments, seed: int = 0):
         question_column=data_args.question_column,
         answer_column=data_args.answer_column,
         concept_column=data_args.concept_column,
+        allow_external_paths=data_args.allow_external_paths,
     )
     if data_args.dataset == "easy_vqa":
         train = load_easy_vqa("train", data_args.max_train_images, seed=seed, concepts=data_args.concepts)

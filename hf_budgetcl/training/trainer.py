@@ -61,6 +61,7 @@ from .checkpointing import (
     resolve_resume_checkpoint,
 )
 from .finish import disk_error_message, finish_run, is_disk_error
+from .memory_check import check_memory_capacity
 from .output_dir import prepare_output_dir
 from .results import format_summary, json_default
 from .resume_guard import RunArguments
@@ -145,6 +146,13 @@ class BudgetedCLTrainer(Trainer):
             total = fixed + opt_bytes + sum(extra.values()) + args.memory_size * first_sample
         self.memory_budget = MemoryBudget(total, fixed, opt_bytes, extra)
         self.memory_budget.validate()
+        check_memory_capacity(
+            self.memory_budget.sample_bytes_available,
+            args.memory_size,
+            first_sample,
+            self.global_batch_size,
+            "memory_budget_bytes" if args.memory_budget_bytes is not None else "memory_size",
+        )
         self.memory = EpisodicMemory(self.memory_budget.sample_bytes_available, args.memory_size, seed=args.seed)
 
         budget = args.flops_budget
@@ -279,6 +287,7 @@ class BudgetedCLTrainer(Trainer):
         self.progress.last_step_flops = self.ledger.total - spent
         self.progress.max_charged_step_flops = max(self.progress.max_charged_step_flops, self.progress.last_step_flops)
         self.progress.frozen_counts[n_frozen] += 1
+        self.progress.rows_trained += len(self.current_record.indices)
         return loss.detach()
 
     def backward_unfrozen(self, loss: torch.Tensor, n_frozen: int) -> None:
@@ -379,6 +388,11 @@ class BudgetedCLTrainer(Trainer):
                 raise
             raise disk_error_message(err, self.args.output_dir, "writing a checkpoint") from err
         train_time = time.perf_counter() - start + self.progress.elapsed_before_resume_s
+        sampler = self.stream_sampler
+        if self.progress.stop_reason == "stream_end" and (sampler.cursor < len(self.stream) or sampler.pending):
+            # Trainer stopped before the stream ended and the budget did not: max_steps, or a user callback.
+            at_max = 0 < self.args.max_steps <= self.state.global_step
+            self.progress.stop_reason = "max_steps" if at_max else "callback"
         # Whatever training did not consume (budget spent, or no iteration left) still arrives and is evaluated.
         for position in self.stream_sampler.drain():
             for point in self.schedule.due(position):
@@ -442,6 +456,7 @@ class BudgetedCLTrainer(Trainer):
             "budget_matching": args.budget_matching,
             "online_iter_final": self.stream_sampler.online_iter,
             "batch_size": self.global_batch_size,
+            "batch_rows_mean": self.progress.rows_trained / steps if steps else 0.0,  # fewer while memory fills
             "stopped_by": self.progress.stop_reason,
             "exact_resume": self.run_arguments.exact,
             "skipped_nonfinite_batches": self.progress.skipped_nonfinite,
