@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from hf_budgetcl.cli import run_guarded
 from hf_budgetcl.hub.push import push_output_dir
 from hf_budgetcl.training import finish
-from hf_budgetcl.training.finish import staging_dir
+from hf_budgetcl.training.finish import old_dir, recover_output_dir, staging_dir
 from hf_budgetcl.utils.run_marker import MARKER_NAME, read_marker
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a child per fault")
@@ -47,8 +47,13 @@ def _in_child(fn, stderr_path=None):
                 os.dup2(fd, 2)
                 sys.stderr = os.fdopen(2, "w", buffering=1)
             code = fn() or 0
-        except BaseException:
+        except KeyboardInterrupt:  # SIGINT
             code = 70
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 71
         finally:
             os._exit(code)
     return os.waitpid(pid, 0)[1]
@@ -71,6 +76,18 @@ def _calls_of(fn):
     finally:
         sys.setprofile(None)
     return count[0], install[0]
+
+
+def _counted_in_child(fn):
+    read, write = os.pipe()
+
+    def count():
+        os.write(write, json.dumps(_calls_of(fn)).encode())
+
+    assert _in_child(count) == 0
+    os.close(write)
+    with os.fdopen(read) as f:
+        return json.loads(f.read())
 
 
 def _kill_after(n_calls, sig):
@@ -129,7 +146,8 @@ def _assert_new_or_earlier(out, pristine, new_weights):
 
 def test_killed_anywhere_in_the_final_save_leaves_the_new_or_the_earlier_run(finished):
     trainer, out, pristine, new_weights = finished
-    total, install = _calls_of(trainer.save_final)
+    _reset(out, pristine)
+    total, install = _counted_in_child(trainer.save_final)  # counted as the children will count
     assert 100 < install < total
     _reset(out, pristine)
     rng = random.Random(15)
@@ -149,10 +167,14 @@ def test_killed_anywhere_in_the_final_save_leaves_the_new_or_the_earlier_run(fin
         outcome = _assert_new_or_earlier(out, pristine, new_weights)
         assert died or outcome == "new"
         outcomes.append(outcome)
+        # What the next run does first: a checkpoint caught in the former folder comes back, nothing is left beside.
+        recover_output_dir(out)
+        assert _assert_new_or_earlier(out, pristine, new_weights) == outcome
+        assert os.path.isfile(os.path.join(out, "checkpoint-5", "cl_state.json"))
+        assert not os.path.exists(staging_dir(out)) and not os.path.exists(old_dir(out))
         _reset(out, pristine)
     # The random points fall both before and after the moment the new run is installed.
     assert "earlier" in outcomes and "new" in outcomes, outcomes
-    # A later finish cleans up what a killed one left beside the folder.
     trainer.save_final()
     assert _assert_new_or_earlier(out, pristine, new_weights) == "new"
     assert not os.path.exists(staging_dir(out))

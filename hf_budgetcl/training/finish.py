@@ -13,8 +13,8 @@ exchange, two renames are used and :func:`recover_output_dir` puts back a folder
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import re
 import shutil
@@ -67,10 +67,10 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+@functools.cache
 def _renameat2() -> Callable | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # libc's, already loaded in this process
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -98,33 +98,57 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+SENTINEL_NAME = ".hf_budgetcl_staging"  # marks a staging folder (before the exchange) apart from a former folder
+
+
+def _carry_over(former: str, output_dir: str, earlier_files: set[str]) -> None:
+    """Move what the former folder holds besides an earlier finish's files (checkpoints, base_model, logs) into
+    ``output_dir``, then remove it."""
+    present = set(os.listdir(output_dir))
+    for name in sorted(os.listdir(former)):
+        if name not in earlier_files and name not in present and name != SENTINEL_NAME:
+            os.rename(os.path.join(former, name), os.path.join(output_dir, name))
+    shutil.rmtree(former, ignore_errors=True)
+
+
+def _earlier_files(folder: str) -> set[str]:
+    earlier = read_marker(folder) if os.path.isdir(folder) else None
+    return set(earlier.get("files", [])) | {MARKER_NAME} if earlier else {MARKER_NAME}
+
+
 def recover_output_dir(output_dir: str) -> None:
-    """After a kill between the two renames of the fallback: put the earlier folder back."""
-    old = old_dir(output_dir)
+    """Finish what a killed finish left: the earlier folder put back (between the fallback's two renames), a former
+    folder's checkpoints carried into the installed one, an unfinished staging folder removed."""
+    output_dir = os.path.abspath(output_dir)
+    old, staging = old_dir(output_dir), staging_dir(output_dir)
     if not os.path.exists(output_dir) and os.path.isdir(old):
         os.rename(old, output_dir)
+    if os.path.exists(os.path.join(output_dir, SENTINEL_NAME)):  # installed, killed before the sentinel went
+        os.remove(os.path.join(output_dir, SENTINEL_NAME))
+    for former in (staging, old):
+        if not os.path.isdir(former):
+            continue
+        if os.path.exists(os.path.join(former, SENTINEL_NAME)) or not os.path.isdir(output_dir):
+            shutil.rmtree(former)  # a staging folder that was never installed
+        else:
+            _carry_over(former, output_dir, _earlier_files(former))
 
 
 def _install(staging: str, output_dir: str) -> None:
     """``staging`` becomes ``output_dir``; entries of the former folder that belong to no earlier finish follow it."""
-    earlier = read_marker(output_dir) if os.path.isdir(output_dir) else None
-    earlier_files = set(earlier.get("files", [])) | {MARKER_NAME} if earlier else {MARKER_NAME}
+    earlier_files = _earlier_files(output_dir)
     old = old_dir(output_dir)
     if os.path.isdir(output_dir):
-        if os.path.exists(old):
-            shutil.rmtree(old)
         if exchange(staging, output_dir):
-            old = staging  # the former folder, now at the staging path
+            old = staging  # the former folder (no sentinel), now at the staging path
         else:
             os.rename(output_dir, old)
             os.rename(staging, output_dir)
-        new_names = set(os.listdir(output_dir))
-        for name in sorted(os.listdir(old)):  # checkpoints, base_model, logs: still this run's
-            if name not in earlier_files and name not in new_names:
-                os.rename(os.path.join(old, name), os.path.join(output_dir, name))
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(os.path.dirname(os.path.abspath(output_dir)))
+        _carry_over(old, output_dir, earlier_files)  # checkpoints, base_model, logs: still this run's
     else:
         os.rename(staging, output_dir)
+    os.remove(os.path.join(output_dir, SENTINEL_NAME))
     _fsync_dir(os.path.dirname(os.path.abspath(output_dir)))
 
 
@@ -140,16 +164,15 @@ def atomic_finish(
     output_dir = os.path.abspath(output_dir)
     staging = staging_dir(output_dir)
     if main_process:
-        recover_output_dir(output_dir)
-        if os.path.exists(staging):  # left by a run killed during its finish
-            shutil.rmtree(staging)
+        recover_output_dir(output_dir)  # what a finish killed earlier left beside the folder
         os.makedirs(staging)
+        open(os.path.join(staging, SENTINEL_NAME), "w").close()
     barrier()
     try:
         yield staging
         barrier()
         if main_process:
-            files = sorted(os.listdir(staging))
+            files = sorted(set(os.listdir(staging)) - {SENTINEL_NAME})
             # Written last: the marker says every file above is complete (each is synced first).
             for name in files:
                 path = os.path.join(staging, name)

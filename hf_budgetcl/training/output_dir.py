@@ -15,6 +15,7 @@ import tempfile
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..utils.errors import ConfigError
+from .finish import recover_output_dir
 
 RESULTS_NAME = "results.json"
 
@@ -29,6 +30,8 @@ def earlier_run_files(output_dir: str) -> list[str]:
 
 def prepare_output_dir(output_dir: str, resuming: bool, overwrite: bool, main_process: bool = True) -> None:
     """Refuse to start a fresh run over an earlier one unless ``overwrite``; check that the folder is writable."""
+    if main_process:
+        recover_output_dir(output_dir)  # a finish killed half-way: the folder as that finish left it, completed
     earlier = earlier_run_files(output_dir)
     if earlier and not resuming:
         if not overwrite:

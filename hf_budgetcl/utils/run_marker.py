@@ -23,4 +23,6 @@ def read_marker(output_dir: str) -> dict | None:
 
 
 def is_complete_run(output_dir: str) -> bool:
-    return read_marker(output_dir) is not None
+    """A marker, and every file it lists still there."""
+    marker = read_marker(output_dir)
+    return marker is not None and all(os.path.isfile(os.path.join(output_dir, n)) for n in marker.get("files", []))
