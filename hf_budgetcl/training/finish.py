@@ -183,8 +183,8 @@ def atomic_finish(
             _fsync_dir(staging)
             _install(staging, output_dir)
     except BaseException:
-        if main_process:
-            shutil.rmtree(staging, ignore_errors=True)
+        if main_process:  # before the exchange: the staging folder goes; after it (Ctrl-C): the checkpoints follow
+            recover_output_dir(output_dir)
         raise
     barrier()
 
