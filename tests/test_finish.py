@@ -60,22 +60,22 @@ def _in_child(fn, stderr_path=None):
 
 
 def _calls_of(fn):
-    """How many Python calls ``fn`` makes (the range the kill points are drawn from), and the call at which the
-    staged folder starts being installed."""
-    count, install = [0], [None]
+    """How many Python calls ``fn`` makes (the range the kill points are drawn from), and the calls at which the
+    staged folder starts being installed and at which it is exchanged with the earlier one."""
+    count, phases = [0], {}
 
     def profile(frame, event, arg):
         if event == "call":
             count[0] += 1
-            if frame.f_code.co_name == "_install" and install[0] is None:
-                install[0] = count[0]
+            if frame.f_code.co_name in ("_install", "exchange"):
+                phases.setdefault(frame.f_code.co_name, count[0])
 
     sys.setprofile(profile)
     try:
         fn()
     finally:
         sys.setprofile(None)
-    return count[0], install[0]
+    return count[0], phases["_install"], phases["exchange"]
 
 
 def _counted_in_child(fn):
@@ -147,15 +147,15 @@ def _assert_new_or_earlier(out, pristine, new_weights):
 def test_killed_anywhere_in_the_final_save_leaves_the_new_or_the_earlier_run(finished):
     trainer, out, pristine, new_weights = finished
     _reset(out, pristine)
-    total, install = _counted_in_child(trainer.save_final)  # counted as the children will count
-    assert 100 < install < total
+    total, install, exchange = _counted_in_child(trainer.save_final)  # counted as the children will count
+    assert 100 < install < exchange < total
     _reset(out, pristine)
     rng = random.Random(15)
     outcomes = []
     for i in range(10):
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGINT
-        # Half the points anywhere in the save, half in its short last phase (the exchange and what follows).
-        point = rng.randint(1, total) if i < 5 else rng.randint(install, total)
+        # Points anywhere in the save, and in its short last phase: up to the exchange, and from it on.
+        point = rng.randint(*[(1, total), (install, exchange), (exchange, total)][min(i // 4, 2)])
 
         def save(point=point, sig=sig):
             _kill_after(point, sig)
