@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -180,6 +181,13 @@ class BudgetedCLConfig(TrainingArguments):
             "--resume_from_checkpoint PATH picks one."
         },
     )
+    allow_inexact_resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from a checkpoint without optimizer/scheduler state (save_only_model), with a fresh "
+            "optimizer; results.json then says exact_resume: false."
+        },
+    )
 
     def stream_arguments(self) -> tuple[int, dict]:
         """The seed and the keyword arguments of :func:`~hf_budgetcl.stream.orders.build_stream` for ``stream``."""
@@ -223,6 +231,8 @@ class BudgetedCLConfig(TrainingArguments):
         if self.save_total_limit is not None and 0 < self.save_total_limit < 2:
             # Trainer rotates old checkpoints before the new one is complete: keep one more to survive a crash then.
             raise ConfigError(f"save_total_limit must be at least 2 (or unset), got {self.save_total_limit}")
+        if self.deepspeed and importlib.util.find_spec("deepspeed") is None:  # else a traceback from Trainer
+            raise ConfigError("deepspeed: the deepspeed package is not installed (pip install deepspeed)")
         # The stream sampler's own state is restored on resume; Trainer must not fast-forward the data as well.
         self.ignore_data_skip = True
         super().__post_init__()

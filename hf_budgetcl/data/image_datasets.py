@@ -196,12 +196,17 @@ def load_image_dataset(
     train, skipped = _convert_split(
         get(split_train), f"{name_or_path!r}[{split_train}]", image_column, label_column, size, channels
     )
-    # the test split must match the train images' shape exactly
+    # the test split must match the train images' shape exactly: resized only to an explicit image_size
     c, h, w = train.features["pixel_values"].shape
     test: Dataset | None = None
     if split_test is not None and split_test in splits:
         where = f"{name_or_path!r}[{split_test}]"
-        test, n = _convert_split(get(split_test), where, image_column, label_column, (h, w), c)
+        test, n = _convert_split(get(split_test), where, image_column, label_column, size, c)
+        if tuple(test.features["pixel_values"].shape[1:]) != (h, w):
+            raise ConfigError(
+                f"images in {where} differ in size from the train split's ({tuple(test.features['pixel_values'].shape[1:])}"
+                f" vs {(h, w)}); pass image_size="
+            )
         skipped += n
     elif split_test is not None and test_fraction is not None:
         images, labels = dataset_arrays(train)

@@ -88,21 +88,31 @@ def load_vqa_dataset(
     question_column: str = "question",
     answer_column: str = "answer",
     concept_column: str = "concept",
+    allow_external_paths: bool = False,
 ) -> tuple[datasets.Dataset, list[str]]:
     """Load a VQA set and map its concepts to integer labels (sorted concept names).
 
     ``name_or_path``: a local ``.jsonl`` file (the image column holds paths relative to the file), a local
     imagefolder directory (images + ``metadata.jsonl`` with ``file_name``), or a Hub dataset name. Returns the
     dataset with the standard columns (see module docstring) and the concept names in label order.
+
+    Local image paths must resolve (symlinks followed) inside the dataset's folder: no absolute paths, no ``..``
+    escape, unless ``allow_external_paths`` (a jsonl's paths only; imagefolder's own loader refuses such names).
     """
     path = os.fspath(name_or_path)
     if os.path.isfile(path):
-        raw = datasets.load_dataset("json", data_files=path, split="train")
+        raw = _load_local("json", path, data_files=path, split="train")
         _require(raw, [image_column], path)
         root = os.path.dirname(os.path.abspath(path))
-        raw = raw.map(lambda im: {image_column: _resolve(im, root)}, input_columns=[image_column])
+        raw = raw.map(
+            lambda im: {image_column: _resolve(im, root, path, allow_external_paths)}, input_columns=[image_column]
+        )
     elif os.path.isdir(path):
-        raw = datasets.load_dataset("imagefolder", data_dir=path, split=split)
+        raw = _load_local("imagefolder", path, data_dir=path, split=split)
+        if not allow_external_paths and image_column in raw.column_names:
+            paths = raw.cast_column(image_column, datasets.Image(decode=False))[image_column]
+            for image in paths:
+                _check_inside(image.get("path") if isinstance(image, Mapping) else None, path, path)
     elif _looks_local(path):
         raise FileNotFoundError(f"VQA dataset not found: {path}")
     else:
@@ -126,10 +136,47 @@ def _require(ds: datasets.Dataset, columns: Sequence[str], source: str) -> None:
         raise ConfigError(f"column(s) {missing} missing from {source}; available: {ds.column_names}")
 
 
-def _resolve(image: Any, root: str) -> Any:
-    if isinstance(image, str) and not os.path.isabs(image):
-        return os.path.join(root, image)
-    return image
+def _load_local(kind: str, source: str, **kwargs: Any) -> datasets.Dataset:
+    """``datasets.load_dataset`` on a local file or folder; an empty or malformed one is a one-line error."""
+    try:
+        raw = datasets.load_dataset(kind, **kwargs)
+    except StopIteration:  # the json builder's answer to an empty file
+        raise ConfigError(f"dataset: {source} holds no rows") from None
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"dataset: {source} is malformed ({reason})") from None
+    if len(raw) == 0:
+        raise ConfigError(f"dataset: {source} holds no rows")
+    return raw
+
+
+def _check_inside(image_path: str | None, root: str, source: str) -> None:
+    if not image_path:
+        return
+    real, base = os.path.realpath(image_path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        raise ConfigError(
+            f"dataset: image {image_path!r} in {source} is outside the dataset folder {root} "
+            "(pass --allow_external_paths true to read it)"
+        )
+
+
+def _resolve(image: Any, root: str, source: str, allow_external: bool) -> Any:
+    """A jsonl's image path, relative to the file's folder; refused outside it unless ``allow_external``."""
+    if isinstance(image, Mapping) and image.get("path") and not image.get("bytes"):
+        return {**image, "path": _resolve(image["path"], root, source, allow_external)}
+    if not isinstance(image, str):
+        return image
+    if os.path.isabs(image) and not allow_external:
+        raise ConfigError(
+            f"dataset: image path {image!r} in {source} is absolute; paths are relative to the file's folder "
+            "(pass --allow_external_paths true to read it)"
+        )
+    resolved = os.path.join(root, image)
+    if not allow_external:
+        _check_inside(resolved, root, source)
+    return resolved
 
 
 def _looks_local(path: str) -> bool:

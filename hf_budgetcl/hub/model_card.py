@@ -331,8 +331,9 @@ def pipeline_support(model: Any, task: str) -> tuple[bool, bool]:
     return native, native and getattr(config, "num_channels", 3) == 3
 
 
-def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
-    """Write the card of a finished run to ``trainer.args.output_dir/README.md``; returns its path.
+def write_trainer_model_card(trainer: Any, output_dir: str | None = None, **kwargs: Any) -> str | None:
+    """Write the card of a finished run to ``output_dir/README.md`` (default: ``trainer.args.output_dir``, the folder
+    that names the model); returns its path.
 
     Takes ``Trainer.create_model_card``'s keyword arguments: ``model_name`` (default: the Hub repo name or the output
     directory name), ``finetuned_from`` (default: the model's ``name_or_path`` when it is a Hub id), ``dataset``
@@ -372,7 +373,8 @@ def write_trainer_model_card(trainer: Any, **kwargs: Any) -> str | None:
         native=native,
         pipeline=pipeline,
     )
-    path = os.path.join(args.output_dir, "README.md")
-    os.makedirs(args.output_dir, exist_ok=True)
+    output_dir = output_dir or args.output_dir
+    path = os.path.join(output_dir, "README.md")
+    os.makedirs(output_dir, exist_ok=True)
     card.save(path)
     return path

@@ -13,6 +13,8 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from ..utils.run_marker import MARKER_NAME, is_complete_run
+
 #: Files of an output directory that make a loadable checkpoint plus its card (top level only: no checkpoints).
 PUSH_PATTERNS = (
     "*.safetensors",
@@ -92,6 +94,8 @@ def push_output_dir(
         )
         if not ok
     ]
+    if not missing and not is_complete_run(os.fspath(root)):
+        missing = [f"the completion marker {MARKER_NAME}: its final save did not finish"]
     if missing:
         raise FileNotFoundError(
             f"push: {os.fspath(output_dir)!r} is not a finished hf_budgetcl run (missing {', '.join(missing)})"

@@ -6,8 +6,6 @@ Runs with ``python recipes/image_classification.py --config ...``, ``accelerate 
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -84,7 +82,9 @@ def make_parser() -> ConfigParser:
     return ConfigParser((ModelArguments, DataArguments, BudgetedCLConfig))
 
 
-def load_data(data_args: DataArguments):
+def load_data(data_args: DataArguments, image_size: int | None = None):
+    """Train and test splits; ``image_size`` resizes a generic dataset's images as they load (images of differing
+    size are an error without it)."""
     from ..data.idx import load_fashion_mnist
     from ..data.image_datasets import load_digits_dataset, load_image_dataset
 
@@ -101,8 +101,22 @@ def load_data(data_args: DataArguments):
             label_column=data_args.label_column,
             test_fraction=data_args.test_fraction,
             dataset_config=data_args.dataset_config,
+            image_size=image_size,
         )
     return first_per_class(train, data_args.per_class_train), first_per_class(test, data_args.per_class_test)
+
+
+def check_classes_match(train, test) -> None:
+    """Every class of the stream needs test images (else its accuracy is NaN), and the test split no others."""
+    if test is None:
+        return
+    train_classes, test_classes = set(np.unique(train["label"]).tolist()), set(np.unique(test["label"]).tolist())
+    if train_classes != test_classes:
+        only_train, only_test = sorted(train_classes - test_classes), sorted(test_classes - train_classes)
+        raise ConfigError(
+            f"dataset: the train and test splits have different classes (only in train: {only_train}, only in "
+            f"test: {only_test}); every streamed class needs test images"
+        )
 
 
 def first_per_class(dataset, n: int | None):
@@ -139,9 +153,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     from ..training.trainer import BudgetedCLTrainer
 
     set_seed(config.seed)
-    train, test = load_data(data_args)
+    # An explicit image_size resizes at load (so images of differing size can stream), the padding kept outside it.
+    load_size = model_args.image_size - 2 * model_args.pad if model_args.image_size else None
+    if load_size is not None and load_size < 1:
+        raise ConfigError(f"image_size: {model_args.image_size} leaves no pixel after pad {model_args.pad}")
+    train, test = load_data(data_args, image_size=load_size)
     if "label" not in train.column_names:
         raise ConfigError(f"label_column: the dataset has no label column (columns: {', '.join(train.column_names)})")
+    check_classes_match(train, test)
     train.info.dataset_name = data_args.dataset  # named in the model card and its model-index
     stream = make_stream(config, train, data_args)
     shape = np.asarray(train[0]["pixel_values"]).shape
@@ -183,11 +202,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         processing_class=processor,
     )
     del train  # the trainer holds the same bytes in ImageRows: do not keep the Arrow copy through training
-    trainer.train()
-    stream.to_json(os.path.join(config.output_dir, "stream.json"))
-    trainer.save_model()
-    if processor_file is not None and trainer.is_world_process_zero():  # the checkpoint's own bytes, not a re-dump
-        shutil.copyfile(processor_file, os.path.join(config.output_dir, "preprocessor_config.json"))
+    if processor_file is not None:  # the checkpoint's own bytes, not a re-dump
+        trainer.final_copies["preprocessor_config.json"] = processor_file
+    trainer.run_arguments.record(model_args, data_args)  # a resume with another model or data refuses
+    trainer.train()  # ends with the atomic finish: model, processor, results, card, stream.json
     return trainer
 
 

@@ -167,6 +167,10 @@ class DataArguments:
         default=True,
         metadata={"help": "Evaluate every task at each task boundary (accuracy matrix, forgetting, BWT)."},
     )
+    allow_external_paths: bool = field(
+        default=False,
+        metadata={"help": "Let a jsonl's image paths point outside its folder (absolute, '..', symlinks)."},
+    )
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
@@ -193,6 +197,7 @@ def load_data(data_args: DataArguments, seed: int = 0):
         question_column=data_args.question_column,
         answer_column=data_args.answer_column,
         concept_column=data_args.concept_column,
+        allow_external_paths=data_args.allow_external_paths,
     )
     if data_args.dataset == "easy_vqa":
         train = load_easy_vqa("train", data_args.max_train_images, seed=seed, concepts=data_args.concepts)
@@ -388,13 +393,12 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     )
     if matrix is not None:
         trainer.add_callback(matrix.callback(trainer))
-    trainer.train()
-    stream.to_json(os.path.join(config.output_dir, "stream.json"))
-    trainer.save_model()  # LoRA: the adapter (+ base path in adapter_config.json); full FT: the whole model
-    # Last: PEFT's save_pretrained rewrites README.md (its own metadata, the resolved local base as base_model).
     # The card names the base the user gave (a Hub id or their path); a tiny model built here has none.
-    given = None if model_args.model_name_or_path in TINY_MODELS else model_args.model_name_or_path
-    trainer.create_model_card(finetuned_from=given)
+    trainer.card_kwargs["finetuned_from"] = (
+        None if model_args.model_name_or_path in TINY_MODELS else model_args.model_name_or_path
+    )
+    trainer.run_arguments.record(model_args, data_args)  # a resume with another model or data refuses
+    trainer.train()  # ends with the atomic finish: model (LoRA: the adapter), processor, results, card, stream.json
     return trainer
 
 

@@ -69,9 +69,32 @@ def read_cl_state(checkpoint: str) -> dict[str, Any]:
     path = os.path.join(checkpoint, CL_STATE_NAME)
     try:
         with open(path) as f:
-            return json.load(f)
+            state = json.load(f)
     except json.JSONDecodeError as err:
         raise ConfigError(f"resume_from_checkpoint: {path} is not valid JSON ({err.msg})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"resume_from_checkpoint: {path} holds a {type(state).__name__}, not the run state (a dict)")
+    return state
+
+
+def check_checkpoint_files(checkpoint: str) -> None:
+    """Read every weight and optimizer file of ``checkpoint`` once: a truncated or garbage file is a one-line error
+    here, not a traceback from inside Trainer's loading."""
+    import torch
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(checkpoint)):
+        path = os.path.join(checkpoint, name)
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(path, framework="pt") as f:
+                    for key in f.keys():
+                        f.get_tensor(key)
+            elif name in ("optimizer.pt", "scheduler.pt", "scaler.pt"):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # safetensors, pickle and zip readers each raise their own type
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"resume_from_checkpoint: {path} is damaged ({reason[:200]})") from None
 
 
 class ContinualStateCheckpoint(TrainerCallback):

@@ -1,8 +1,9 @@
 """The output-folder policy: a run never silently replaces a finished run or another run's checkpoints.
 
 A fresh run (no resume) into a folder that holds ``results.json`` or ``checkpoint-*`` folders refuses, naming the
-ways on: ``--overwrite_output_dir true`` (the old checkpoints and results are removed first, so a later ``--resume``
-cannot pick them up), ``--resume true``, or another folder. The folder must be writable before anything trains.
+ways on: ``--overwrite_output_dir true`` (the old checkpoints are removed first, so a later ``--resume`` cannot pick
+them up; the earlier finished run stays until the new one's atomic finish replaces it, see :mod:`.finish`),
+``--resume true``, or another folder. The folder must be writable before anything trains.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..utils.errors import ConfigError
+from .finish import recover_output_dir
 
 RESULTS_NAME = "results.json"
 
@@ -28,6 +30,8 @@ def earlier_run_files(output_dir: str) -> list[str]:
 
 def prepare_output_dir(output_dir: str, resuming: bool, overwrite: bool, main_process: bool = True) -> None:
     """Refuse to start a fresh run over an earlier one unless ``overwrite``; check that the folder is writable."""
+    if main_process:
+        recover_output_dir(output_dir)  # a finish killed half-way: the folder as that finish left it, completed
     earlier = earlier_run_files(output_dir)
     if earlier and not resuming:
         if not overwrite:
@@ -38,8 +42,8 @@ def prepare_output_dir(output_dir: str, resuming: bool, overwrite: bool, main_pr
             )
         if main_process:
             for name in earlier:
-                path = os.path.join(output_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+                    shutil.rmtree(os.path.join(output_dir, name))
     try:
         os.makedirs(output_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=output_dir):

@@ -35,6 +35,7 @@ class RunProgress:
     frozen_counts: Counter[int] = field(default_factory=Counter)  # iterations per number of frozen blocks
     stop_reason: str = "stream_end"
     skipped_nonfinite: int = 0
+    rows_trained: int = 0  # batch rows over all iterations (all processes)
     eval_time_s: float = 0.0
     last_step_flops: float = 0.0
     max_charged_step_flops: float = 0.0  # the dearest iteration so far, method and freezing extras included
@@ -52,6 +53,7 @@ class RunProgress:
             "frozen_counts": {str(k): v for k, v in self.frozen_counts.items()},
             "stop_reason": self.stop_reason,
             "skipped_nonfinite": self.skipped_nonfinite,
+            "rows_trained": self.rows_trained,
             "eval_time_s": self.eval_time_s,
             "last_step_flops": self.last_step_flops,
             "max_charged_step_flops": self.max_charged_step_flops,
@@ -66,6 +68,7 @@ class RunProgress:
         for name in ("stop_reason", "skipped_nonfinite", "eval_time_s", "last_step_flops", "max_charged_step_flops"):
             setattr(self, name, state[name])
         self.elapsed_before_resume_s = state["elapsed_s"]
+        self.rows_trained = state.get("rows_trained", 0)
 
 
 class RunState:

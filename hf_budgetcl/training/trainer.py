@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import logging
 import os
@@ -60,12 +59,15 @@ from .callbacks import StreamControlCallback, StreamProgressCallback
 from .checkpointing import (
     CheckpointSaveError,
     ContinualStateCheckpoint,
-    find_resumable_checkpoint,
+    check_checkpoint_files,
     read_cl_state,
     resolve_resume_checkpoint,
 )
+from .finish import disk_error_message, finish_run, is_disk_error
+from .memory_check import check_memory_capacity
 from .output_dir import prepare_output_dir
 from .results import format_summary, json_default
+from .resume_guard import RunArguments
 from .run_state import RunProgress, RunState, is_stateful
 
 __all__ = ["BudgetedCLTrainer", "BudgetedCLConfig"]
@@ -155,6 +157,13 @@ class BudgetedCLTrainer(Trainer):
             total = fixed + opt_bytes + sum(extra.values()) + args.memory_size * first_sample
         self.memory_budget = MemoryBudget(total, fixed, opt_bytes, extra)
         self.memory_budget.validate()
+        check_memory_capacity(
+            self.memory_budget.sample_bytes_available,
+            args.memory_size,
+            first_sample,
+            self.global_batch_size,
+            "memory_budget_bytes" if args.memory_budget_bytes is not None else "memory_size",
+        )
         self.memory = EpisodicMemory(self.memory_budget.sample_bytes_available, args.memory_size, seed=args.seed)
 
         budget = args.flops_budget
@@ -179,8 +188,18 @@ class BudgetedCLTrainer(Trainer):
         self.schedule = AnytimeSchedule(stream, args.eval_period)
         self.progress = RunProgress()
         self.results: dict[str, Any] | None = None
+        # What a recipe adds to the final save: card keyword arguments (e.g. finetuned_from, the base the user
+        # gave) and files copied unchanged into the finished folder ({name in output_dir: source path}).
+        self.card_kwargs: dict[str, Any] = {}
+        self.final_copies: dict[str, str] = {}
         self._pending_eval: list[int] = []
         self.add_callback(StreamControlCallback(self))
+        self.run_arguments = RunArguments(  # the resume guard: a checkpoint continues only the run that wrote it
+            args,
+            model_class=type(self.accelerator.unwrap_model(self.model)).__name__,
+            model_parameters=sum(p.numel() for p in self.model.parameters()),
+            world_size=self.world_size,
+        )
         self.run_state = RunState(self.stream_fingerprint, self.stateful_parts)
         self.add_callback(ContinualStateCheckpoint(self.run_state.state_dict, default=json_default))
         if args.budget_matching != "none":
@@ -283,6 +302,7 @@ class BudgetedCLTrainer(Trainer):
         self.progress.last_step_flops = self.ledger.total - spent
         self.progress.max_charged_step_flops = max(self.progress.max_charged_step_flops, self.progress.last_step_flops)
         self.progress.frozen_counts[n_frozen] += 1
+        self.progress.rows_trained += len(self.current_record.indices)
         return loss.detach()
 
     def backward_unfrozen(self, loss: torch.Tensor, n_frozen: int) -> None:
@@ -370,6 +390,8 @@ class BudgetedCLTrainer(Trainer):
             self.args.output_dir, checkpoint is not None, self.args.overwrite_output_dir, self.is_world_process_zero()
         )
         if checkpoint is not None:
+            self.run_arguments.check_checkpoint(checkpoint, self.args.allow_inexact_resume)
+            check_checkpoint_files(checkpoint)
             self.run_state.load_state_dict(read_cl_state(checkpoint))
         self.progress.started_at = start
         self.check_budget_affords_one_iteration()
@@ -377,20 +399,16 @@ class BudgetedCLTrainer(Trainer):
             output = super().train(
                 resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
             )
-        except OSError as err:
-            if isinstance(err, CheckpointSaveError) or err.errno not in _DISK_ERRORS:
+        except Exception as err:  # a full disk while Trainer writes a checkpoint: one line, not a traceback
+            if isinstance(err, CheckpointSaveError) or not is_disk_error(err):
                 raise
-            last = find_resumable_checkpoint(self.args.output_dir)
-            raise CheckpointSaveError(
-                err.errno,
-                f"writing in {self.args.output_dir} failed ({err.strerror}); "
-                + (
-                    f"the last complete checkpoint {last} is intact: rerun with --resume"
-                    if last
-                    else "no complete checkpoint yet"
-                ),
-            ) from err
+            raise disk_error_message(err, self.args.output_dir, "writing a checkpoint") from err
         train_time = time.perf_counter() - start + self.progress.elapsed_before_resume_s
+        sampler = self.stream_sampler
+        if self.progress.stop_reason == "stream_end" and (sampler.cursor < len(self.stream) or sampler.pending):
+            # Trainer stopped before the stream ended and the budget did not: max_steps, or a user callback.
+            at_max = 0 < self.args.max_steps <= self.state.global_step
+            self.progress.stop_reason = "max_steps" if at_max else "callback"
         # Whatever training did not consume (budget spent, or no iteration left) still arrives and is evaluated.
         for position in self.stream_sampler.drain():
             for point in self.schedule.due(position):
@@ -400,11 +418,15 @@ class BudgetedCLTrainer(Trainer):
         self.results = self.build_results(
             wall_time_s=time.perf_counter() - start + self.progress.elapsed_before_resume_s, train_time_s=train_time
         )
+        self.save_final()
         if self.is_world_process_zero():
-            self.save_results()
-            self.create_model_card()
             print(format_summary(self.results), file=sys.stderr)
         return output
+
+    def save_final(self) -> None:
+        """The final artifacts (weights, processor, results.json, card, stream.json) into ``output_dir``, all at once
+        and marked complete, or not at all (see :mod:`~hf_budgetcl.training.finish`)."""
+        finish_run(self)
 
     # ---- checkpointed continual-learning state (Trainer checkpoints the model, optimizer, scheduler and RNGs) ----
     def stream_fingerprint(self) -> str:
@@ -414,6 +436,7 @@ class BudgetedCLTrainer(Trainer):
     def stateful_parts(self) -> dict[str, Any]:
         """Everything beyond Trainer's checkpoint that the rest of the run depends on, by name."""
         parts = {
+            "arguments": self.run_arguments,  # first: a changed run is refused before anything is loaded
             "sampler": self.stream_sampler,  # cursor, memory + use counts, generators, method state
             "ledger": self.ledger,
             "freezing": self.freezing,
@@ -449,7 +472,9 @@ class BudgetedCLTrainer(Trainer):
             "budget_matching": args.budget_matching,
             "online_iter_final": self.stream_sampler.online_iter,
             "batch_size": self.global_batch_size,
+            "batch_rows_mean": self.progress.rows_trained / steps if steps else 0.0,  # fewer while memory fills
             "stopped_by": self.progress.stop_reason,
+            "exact_resume": self.run_arguments.exact,
             "skipped_nonfinite_batches": self.progress.skipped_nonfinite,
             "wall_time_s": wall_time_s,
             "train_time_s": train_time_s,
@@ -500,6 +525,3 @@ class BudgetedCLTrainer(Trainer):
         from ..hub.model_card import write_trainer_model_card
 
         write_trainer_model_card(self, **card)
-
-
-_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
