@@ -170,3 +170,23 @@ def test_fsdp2_sigkill_then_resume_matches_uninterrupted(tmp_path):
     proc = run(out, 10**9, "--resume", "true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _results(out) == reference
+
+
+@pytest.mark.parametrize("engine", ["fsdp1", "deepspeed"])
+def test_fsdp1_and_deepspeed_still_refuse_freezing(tmp_path, monkeypatch, engine):
+    from hf_budgetcl.training import fsdp
+    from hf_budgetcl.training.trainer import BudgetedCLTrainer
+    from hf_budgetcl.utils.errors import ConfigError
+    from tests.helpers import digits_trainer
+
+    create = BudgetedCLTrainer.create_accelerator_and_postprocess
+
+    def as_engine(self):  # this trainer only, nothing global: the flags Trainer derives from accelerate's state
+        create(self)
+        self.is_fsdp_enabled, self.is_deepspeed_enabled = engine == "fsdp1", engine == "deepspeed"
+
+    monkeypatch.setattr(BudgetedCLTrainer, "create_accelerator_and_postprocess", as_engine)
+    monkeypatch.setattr(fsdp, "fsdp_version", lambda accelerator: 1)
+    with pytest.raises(ConfigError, match="freeze: 'adaptive' needs DDP, FSDP2"):
+        digits_trainer(tmp_path, per_class_train=2, freeze="adaptive")
+    assert digits_trainer(tmp_path, per_class_train=2, freeze="none").freezes is False

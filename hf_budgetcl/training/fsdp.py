@@ -42,6 +42,7 @@ def fsdp_requested(args: Any) -> bool:
 
 def enable_fsdp_on_cpu(accelerator: Any, args: Any) -> bool:
     """On a CPU process group, turn the accelerator's state into FSDP when FSDP was asked for; True if it did."""
+    from accelerate import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     state = accelerator.state
@@ -53,7 +54,8 @@ def enable_fsdp_on_cpu(accelerator: Any, args: Any) -> bool:
     plugin = FullyShardedDataParallelPlugin(**(args.fsdp_plugin_args or {}))
     if plugin.fsdp_version != 2:
         raise ConfigError("fsdp_version: on CPU (gloo) only FSDP2 runs (fully_shard); set fsdp_version: 2")
-    state.distributed_type = DistributedType.FSDP
+    # PartialState too: every later AcceleratorState() copies PartialState's distributed_type back over its own.
+    PartialState().distributed_type = state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
     return True
 
@@ -162,6 +164,16 @@ class FSDPBackward:
             unit.set_modules_to_backward_prefetch([unit if i - 1 < n_frozen else before])
         last = units[-1] if units else self.root
         self.root.set_modules_to_backward_prefetch([self.root if len(units) - 1 < n_frozen else last])
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the gathered parameters a forward without backward (an evaluation) leaves in the units that do not
+    reshard after forward (the root): a checkpoint's state dict and the per-rank bytes expect shards only."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def measure_in_step(profiler: FlopsProfiler, inputs: dict) -> StepCost:

@@ -512,7 +512,8 @@ _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 class _BindShardedBlocks(TrainerCallback):
     """Once accelerate has sharded the model (FSDP2), point the blocks, the profiler's pruned backward and the
-    trainer's at the shards and the unsharded parameters."""
+    trainer's at the shards and the unsharded parameters; after each evaluation, reshard what its forward left
+    gathered."""
 
     def __init__(self, trainer: BudgetedCLTrainer):
         self.trainer = trainer
@@ -521,4 +522,8 @@ class _BindShardedBlocks(TrainerCallback):
         t = self.trainer
         t.fsdp_backward.bind(t.model)
         t.profiler.model, t.profiler.blocks = t.model, t.fsdp_backward
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        fsdp.reshard(self.trainer.model)
         return control
