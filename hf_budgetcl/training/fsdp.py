@@ -72,7 +72,6 @@ def shard_blocks_as_units(accelerator: Any, blocks: BlockPartition) -> None:
     names = sorted({type(m).__name__ for m in blocks.modules if m is not None})
     plugin.auto_wrap_policy = transformer_auto_wrap_policy  # the plugin binds the classes at prepare time
     plugin.transformer_cls_names_to_wrap = names
-    # A unit that gets no gradient must not be reduce-scattered as zeros (torch's default, kept explicit below).
 
 
 def sync_module_states(accelerator: Any, model: nn.Module) -> None:
@@ -130,6 +129,7 @@ class FSDPBackward:
         self.root = model
         for name, module in model.named_modules():
             if isinstance(module, FSDPModule):
+                # a unit without gradients must not be reduce-scattered as zeros (torch's default, kept explicit)
                 module.set_reduce_scatter_unused_params(False, recurse=False)
                 module.register_forward_pre_hook(self._recorder(name))
 

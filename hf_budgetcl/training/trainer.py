@@ -296,10 +296,11 @@ class BudgetedCLTrainer(Trainer):
 
     def backward_unfrozen(self, loss: torch.Tensor, n_frozen: int) -> None:
         """Backward through the unfrozen suffix only: frozen blocks get neither weight nor input gradients."""
+        if self.fsdp_backward is not None:
+            self.fsdp_backward.set_prefetch(n_frozen)
         if n_frozen == 0:
             self.accelerator.backward(loss)
         elif self.fsdp_backward is not None:
-            self.fsdp_backward.set_prefetch(n_frozen)
             self.accelerator.backward(loss, inputs=self.fsdp_backward.trainable_from(n_frozen))
         else:
             self.accelerator.backward(loss, inputs=self.blocks.trainable_from(n_frozen))
