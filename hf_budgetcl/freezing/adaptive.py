@@ -79,6 +79,20 @@ def _logits_and_targets(inputs: dict, outputs: Any) -> tuple[torch.Tensor, torch
     return logits.detach(), labels
 
 
+def _full(weight: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor shard (an all-gather every rank runs), else the tensor itself."""
+    return weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+
+
+def _local(grad: torch.Tensor | None) -> torch.Tensor | None:
+    return grad.to_local() if grad is not None and hasattr(grad, "to_local") else grad
+
+
+def _is_sharded(blocks: BlockPartition) -> bool:
+    first = next((p for ps in blocks.params for p in ps), None)
+    return first is not None and hasattr(first, "to_local")
+
+
 class AdaptiveFreezingCallback(TrainerCallback):
     """aL: freeze, per batch, the prefix of blocks that would gain the least Fisher information per FLOP."""
 
@@ -94,28 +108,29 @@ class AdaptiveFreezingCallback(TrainerCallback):
         self.steps = 0
         self.last_frozen = 0
         self.nonfinite_grads = 0
-        self._head_weight: torch.Tensor | None = None
+        self._head: torch.nn.Module | None = None
         self._last_decision_flops = 0.0
 
     # ---- the decision (called by the trainer between forward and backward) -----------------------------------
     def decide(self, model, inputs, outputs, cost: StepCost) -> int:
         self.steps += 1
         logits, labels = _logits_and_targets(inputs, outputs)
-        if self._head_weight is None:
+        if self._head is None:
             try:
-                self._head_weight = find_head(model, logits.shape[-1]).weight
+                self._head = find_head(model, logits.shape[-1])
             except ValueError as err:
                 raise ValueError(f"adaptive freezing: {err}") from None
+        head_weight = _full(self._head.weight.detach())
         s_b, self.info_mean = batch_informativeness(
             logits,
             labels,
-            self._head_weight.detach(),
+            head_weight,
             self.info_mean,
             ema=self.settings.informativeness_ema,
             updates=self.steps - 1 if self.settings.informativeness_bias_correction else None,
         )
         rows = int((labels != -100).sum())
-        dim, classes = self._head_weight.shape[1], logits.shape[-1]
+        dim, classes = head_weight.shape[1], logits.shape[-1]
         self._last_decision_flops = rows * dim * (2 * classes - 1) + rows * dim  # (p - Y) W and its squares
         n = 0
         if self.settings.unfreeze_probability > 0:
@@ -167,9 +182,14 @@ class AdaptiveFreezingCallback(TrainerCallback):
         if self.settings.fisher_on_unfrozen_steps_only and self.last_frozen > 0:
             trained[:] = False
         new = np.zeros(len(self.blocks))
+        bad = np.zeros(len(self.blocks))
         for i in np.flatnonzero(trained):
-            new[i], bad = grad_sq_sum(p.grad for p in self.blocks.params[i])
-            self.nonfinite_grads += bad
+            new[i], bad[i] = grad_sq_sum(_local(p.grad) for p in self.blocks.params[i])
+        if _is_sharded(self.blocks):  # FSDP: each rank holds one shard of every gradient; sum the squares
+            sums = torch.tensor(np.concatenate([new, bad]), dtype=torch.float64)
+            dist.all_reduce(sums)
+            new, bad = sums[: len(new)].numpy(), sums[len(new) :].numpy()
+        self.nonfinite_grads += int(bad.sum())
         # A block's first measurement replaces the zero start instead of being shrunk by the EMA.
         first = trained & ~self.fisher_seen
         self.fisher = fisher_ema_update(self.fisher, new, self.settings.fisher_ema, mask=trained & self.fisher_seen)

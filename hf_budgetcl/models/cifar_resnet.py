@@ -99,6 +99,10 @@ class CifarResNetPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["BasicBlock"]
 
+    def get_input_embeddings(self) -> None:
+        """Pixels in, no token embeddings (accelerate's FSDP2 preparation asks every model for them)."""
+        return None
+
     def _init_weights(self, module: nn.Module) -> None:
         # through transformers.initialization, so already-loaded weights are left alone
         if isinstance(module, nn.Conv2d) and self.config.conv_init == "kaiming_fan_out":

@@ -39,7 +39,7 @@ from transformers.trainer_callback import ProgressCallback
 from .. import __version__
 from ..accounting.flops import FlopsProfiler
 from ..accounting.ledger import FlopsLedger
-from ..accounting.memory_budget import MemoryBudget, model_bytes, optimizer_state_bytes
+from ..accounting.memory_budget import MemoryBudget, gradient_bytes, model_bytes, optimizer_state_bytes
 from ..accounting.pacing import BudgetMatchingCallback
 from ..config import BudgetedCLConfig
 from ..data.collate import collate_rows
@@ -55,6 +55,7 @@ from ..stream.orders import StreamOrder
 from ..stream.sampler import BatchRecord, OnlineStreamSampler
 from ..utils.atomic import write_json_atomic
 from ..utils.errors import ConfigError
+from . import fsdp
 from .callbacks import StreamControlCallback, StreamProgressCallback
 from .checkpointing import (
     CheckpointSaveError,
@@ -138,24 +139,34 @@ class BudgetedCLTrainer(Trainer):
         self.freezing: FreezingPolicy = make_freezing_policy(self.freeze_mode(), self.blocks, args)
         # StaticFreezing subclasses NoFreezing: test the mode, not the class.
         self.freezes = self.freezing.describe()["mode"] != "none"
-        if (self.is_deepspeed_enabled or self.is_fsdp_enabled) and self.freezes:
-            # ZeRO/FSDP reduce gradients through their own hooks (a missing gradient is reduced as zeros, so the
-            # optimizer would still move a "frozen" block); only DDP takes the pruned, hand-synchronised step.
+        self.fsdp2 = self.is_fsdp_enabled and fsdp.fsdp_version(self.accelerator) == 2
+        if (self.is_deepspeed_enabled or (self.is_fsdp_enabled and not self.fsdp2)) and self.freezes:
+            # ZeRO/FSDP1 reduce gradients through their own hooks (a missing gradient is reduced as zeros, so the
+            # optimizer would still move a "frozen" block); DDP and FSDP2 take the pruned step.
             raise ConfigError(
-                f"freeze: '{self.freezing.describe()['mode']}' needs DDP or one process; under DeepSpeed "
-                "or FSDP use freeze none (e.g. method er/sar), see recipes/accelerate/"
+                f"freeze: '{self.freezing.describe()['mode']}' needs DDP, FSDP2 (fsdp_version: 2) or one process; "
+                "under DeepSpeed or FSDP1 use freeze none (e.g. method er/sar), see recipes/accelerate/"
             )
+        # Under FSDP2 every block is its own unit and the pruned backward runs on the unsharded parameters.
+        self.fsdp_backward = fsdp.FSDPBackward(self.model, self.blocks) if self.fsdp2 else None
+        if self.fsdp2:
+            fsdp.sync_module_states(self.accelerator, self.model)
+        if self.fsdp2 and self.freezes:
+            fsdp.shard_blocks_as_units(self.accelerator, self.blocks)
 
         num_classes = len(np.unique(stream.labels))
         extra = self.method.extra_state_bytes(self.model, num_classes)
         extra.update(self.freezing.extra_state_bytes())
         first_sample = self.method.slot_bytes(sample_nbytes(train_dataset[int(stream.indices[0])]))
-        fixed = model_bytes(self.model)
-        opt_bytes = optimizer_state_bytes(self.model, str(args.optim)) if args.count_optimizer_state else 0
+        # Bytes per rank: under FSDP one shard of the parameters, their gradients and optimizer state.
+        shards = self.world_size if self.is_fsdp_enabled else 1
+        fixed = model_bytes(self.model, shards)
+        opt_bytes = optimizer_state_bytes(self.model, str(args.optim), shards) if args.count_optimizer_state else 0
+        grad_bytes = gradient_bytes(self.model, shards) if self.is_fsdp_enabled else 0
         total = args.memory_budget_bytes
         if total is None:  # budget given as a sample count: derive the byte budget it implies
-            total = fixed + opt_bytes + sum(extra.values()) + args.memory_size * first_sample
-        self.memory_budget = MemoryBudget(total, fixed, opt_bytes, extra)
+            total = fixed + opt_bytes + grad_bytes + sum(extra.values()) + args.memory_size * first_sample
+        self.memory_budget = MemoryBudget(total, fixed, opt_bytes, extra, gradient_bytes=grad_bytes)
         self.memory_budget.validate()
         check_memory_capacity(
             self.memory_budget.sample_bytes_available,
@@ -206,9 +217,17 @@ class BudgetedCLTrainer(Trainer):
             self.add_callback(BudgetMatchingCallback(self, spend_savings=args.budget_matching == "spend_savings"))
         if isinstance(self.freezing, TrainerCallback):
             self.add_callback(self.freezing)
+        if self.fsdp_backward is not None:
+            self.add_callback(_BindShardedBlocks(self))
         if not args.disable_tqdm:
             self.remove_callback(ProgressCallback)
             self.add_callback(StreamProgressCallback(self))
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        # accelerate enables FSDP on accelerator devices only; FSDP2 on a CPU (gloo) group goes through the same path.
+        if fsdp.enable_fsdp_on_cpu(self.accelerator, self.args):
+            self.is_fsdp_enabled = True
 
     @property
     def curve(self) -> list[CurvePoint]:
@@ -269,10 +288,11 @@ class BudgetedCLTrainer(Trainer):
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
-        cost = self.profiler.cost(inputs)
+        cost = fsdp.measure_in_step(self.profiler, inputs) if self.fsdp2 else self.profiler.cost(inputs)
         # With freezing under DDP the reducer cannot know which gradients will come (the decision follows the
         # forward), so forward and backward run unsynchronised and the unfrozen suffix is all-reduced by hand.
-        sync_by_hand = self.world_size > 1 and self.freezes
+        # FSDP2 reduce-scatters per unit in its post-backward, only the gradients that the pruned backward made.
+        sync_by_hand = self.world_size > 1 and self.freezes and not self.is_fsdp_enabled
         with self.accelerator.no_sync(model) if sync_by_hand else contextlib.nullcontext():
             self.method_context.in_training_pass = True
             try:
@@ -307,8 +327,12 @@ class BudgetedCLTrainer(Trainer):
 
     def backward_unfrozen(self, loss: torch.Tensor, n_frozen: int) -> None:
         """Backward through the unfrozen suffix only: frozen blocks get neither weight nor input gradients."""
+        if self.fsdp_backward is not None:
+            self.fsdp_backward.set_prefetch(n_frozen)
         if n_frozen == 0:
             self.accelerator.backward(loss)
+        elif self.fsdp_backward is not None:
+            self.accelerator.backward(loss, inputs=self.fsdp_backward.trainable_from(n_frozen))
         else:
             self.accelerator.backward(loss, inputs=self.blocks.trainable_from(n_frozen))
 
@@ -525,3 +549,22 @@ class BudgetedCLTrainer(Trainer):
         from ..hub.model_card import write_trainer_model_card
 
         write_trainer_model_card(self, **card)
+
+
+class _BindShardedBlocks(TrainerCallback):
+    """Once accelerate has sharded the model (FSDP2), point the blocks, the profiler's pruned backward and the
+    trainer's at the shards and the unsharded parameters; after each evaluation, reshard what its forward left
+    gathered."""
+
+    def __init__(self, trainer: BudgetedCLTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        t = self.trainer
+        t.fsdp_backward.bind(t.model)
+        t.profiler.model, t.profiler.blocks = t.model, t.fsdp_backward
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        fsdp.reshard(self.trainer.model)
+        return control
