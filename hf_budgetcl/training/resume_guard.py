@@ -80,6 +80,15 @@ MAY_CHANGE = frozenset(
 OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt")
 
 
+def _has_state(checkpoint: str, name: str) -> bool:
+    """Whether ``checkpoint`` holds ``name``'s state in any layout Trainer loads: ``optimizer.pt``, or FSDP's
+    ``optimizer.bin`` / ``optimizer_0`` (sharded folder) as accelerate writes them."""
+    stem = name.split(".")[0]
+    if os.path.isfile(os.path.join(checkpoint, name)) or os.path.isfile(os.path.join(checkpoint, f"{stem}.bin")):
+        return True
+    return stem == "optimizer" and any(entry.startswith(f"{stem}_") for entry in os.listdir(checkpoint))
+
+
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     """As the values read back from cl_state.json (tuples become lists, enums and paths strings)."""
     return json.loads(json.dumps(values, default=str))
@@ -105,7 +114,7 @@ class RunArguments:
 
     def check_checkpoint(self, checkpoint: str, allow_inexact: bool) -> None:
         """Refuse (or, with ``allow_inexact``, warn about) a checkpoint that holds no optimizer/scheduler state."""
-        missing = [n for n in OPTIMIZER_FILES if not os.path.isfile(os.path.join(checkpoint, n))]
+        missing = [n for n in OPTIMIZER_FILES if not _has_state(checkpoint, n)]
         if not missing:
             return
         if not allow_inexact:
