@@ -31,8 +31,8 @@ from hf_budgetcl.data.stage1_scenes import (
     stage1_scenes,
     where_phrase,
 )
-from hf_budgetcl.models import pretrained_base
-from hf_budgetcl.models.pretrained_base import (
+from hf_budgetcl.training import pretrained_base
+from hf_budgetcl.training.pretrained_base import (
     STAGE1_FILE,
     ensure_pretrained_base,
     pretrained_base_path,

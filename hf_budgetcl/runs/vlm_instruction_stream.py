@@ -59,7 +59,7 @@ class ModelArguments:
     )
     base_size: str = field(
         default="default",
-        metadata={"help": "stage1_* bases: tiny | default | wide (see hf_budgetcl.models.pretrained_base.SIZES)."},
+        metadata={"help": "stage1_* bases: tiny | default | wide (see hf_budgetcl.training.pretrained_base.SIZES)."},
     )
     quantization: str = field(default="none", metadata={"help": "none | 4bit (NF4) | 8bit: bitsandbytes base."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on the decoder blocks; 0 = full fine-tuning."})
@@ -177,7 +177,7 @@ def build_base_model(model_args: ModelArguments, train, output_dir: str, build: 
     The stage-1 base does not depend on the run's seed: every seed continues from the same pretrained model."""
     name = model_args.model_name_or_path
     if name in STAGE1_MODELS:
-        from ..models.pretrained_base import ensure_pretrained_base, pretrained_base_path
+        from ..training.pretrained_base import ensure_pretrained_base, pretrained_base_path
 
         resolve = ensure_pretrained_base if build else pretrained_base_path
         return resolve(STAGE1_MODELS[name], model_args.base_size)

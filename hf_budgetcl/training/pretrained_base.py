@@ -15,8 +15,8 @@ temporary folder renamed into place (a kill never leaves a half base) under a fi
 same base: one builds, the other waits and reuses it). Builds are deterministic on one machine: one thread and
 ``torch.use_deterministic_algorithms``, seeded model init, data and data order.
 
-``python -m hf_budgetcl.models.pretrained_base --family llava --size default`` (or ``scripts/build_vlm_base.py``)
-builds ahead of a run.
+``python -m hf_budgetcl.training.pretrained_base --family llava --size default`` (or ``scripts/build_vlm_base.py``)
+builds ahead of a run. The module sits in ``training``, not ``models``: it trains and evaluates (layers above models).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def build_pretrained_base(family: str, size: str, save_dir: str, seed: int = 0) 
     from ..data.english_words import english_words
     from ..data.stage1_scenes import stage1_corpus, stage1_scenes
     from ..data.vlm_collator import VLMInstructionCollator
-    from .tiny_vlm import make_tiny_vlm, save_vlm
+    from ..models.tiny_vlm import make_tiny_vlm, save_vlm
 
     config = build_config(family, size, seed)
     cfg = SIZES[size]
