@@ -13,6 +13,7 @@ answers on every machine with the same Pillow (the font is Pillow's bundled one,
 from __future__ import annotations
 
 import functools
+import io
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -268,7 +269,9 @@ def stage1_scenes(
     for index in range(n_images):
         rng = np.random.default_rng([seed, SPLITS[split], index])
         scene = sample_scene(rng, letters_fraction)
-        image = render_scene(scene, rng, image_size)
+        buffer = io.BytesIO()
+        render_scene(scene, rng, image_size).save(buffer, format="PNG")
+        image = {"bytes": buffer.getvalue(), "path": None}  # encoded once, shared by the image's rows
         if questions_per_image is None:  # held-out: reading is scored where something is written
             types = [t for t in QUESTION_TYPES if t != "letters" or scene.letters]
         else:
