@@ -173,7 +173,7 @@ def make_tiny_llava(
 def build_tiny_llava(save_dir: str | os.PathLike, corpus: Iterable[str], **kwargs: Any) -> str:
     """:func:`make_tiny_llava` saved into ``save_dir`` (reloads with ``AutoProcessor`` /
     ``AutoModelForImageTextToText`` or :func:`load_vlm`). Returns ``save_dir``."""
-    _save(*make_tiny_llava(corpus, **kwargs), save_dir)
+    save_vlm(*make_tiny_llava(corpus, **kwargs), save_dir)
     return str(save_dir)
 
 
@@ -246,11 +246,23 @@ def build_tiny_qwen2vl(save_dir: str | os.PathLike, corpus: Iterable[str], **kwa
     Reload with :func:`load_vlm`: ``AutoProcessor`` fails without torchvision, so it falls back to
     :class:`Qwen2VLPadExpandingProcessor`. Returns ``save_dir``.
     """
-    _save(*make_tiny_qwen2vl(corpus, **kwargs), save_dir)
+    save_vlm(*make_tiny_qwen2vl(corpus, **kwargs), save_dir)
     return str(save_dir)
 
 
-def _save(model: PreTrainedModel, processor: Any, save_dir: str | os.PathLike) -> None:
+TINY_FAMILIES = {"llava": make_tiny_llava, "qwen2vl": make_tiny_qwen2vl}
+
+
+def make_tiny_vlm(family: str, corpus: Iterable[str], **kwargs: Any) -> tuple[PreTrainedModel, Any]:
+    """:func:`make_tiny_llava` (``family="llava"``) or :func:`make_tiny_qwen2vl` (``"qwen2vl"``), same keywords
+    (``vision_hidden`` is Qwen2-VL's only: LLaVA's tower is as wide as its decoder)."""
+    if family not in TINY_FAMILIES:
+        raise ConfigError(f"family must be one of {sorted(TINY_FAMILIES)}, got {family!r}")
+    return TINY_FAMILIES[family](corpus, **kwargs)
+
+
+def save_vlm(model: PreTrainedModel, processor: Any, save_dir: str | os.PathLike) -> None:
+    """``save_pretrained`` model and processor into ``save_dir`` (generation pads with the decoder's pad id)."""
     os.makedirs(save_dir, exist_ok=True)
     model.generation_config.pad_token_id = model.config.get_text_config().pad_token_id
     model.save_pretrained(save_dir)

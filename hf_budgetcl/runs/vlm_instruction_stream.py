@@ -30,7 +30,8 @@ from ..utils.errors import ConfigError
 from ..utils.validation import check_numbers
 from .arguments import ConfigParser
 
-TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")
+TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")  # random weights: unit tests only
+STAGE1_MODELS = {"stage1_llava": "llava", "stage1_qwen2vl": "qwen2vl"}  # the cached pretrained bases
 MULTI_DOMAIN = "multi_domain"  # the built-in multi-domain instruction stream (hf_budgetcl.data.instruction_tasks)
 # Module-name parts of the vision side (tower + projector/merger) across LLaVA, Qwen2-VL, Idefics3, PaliGemma.
 VISION_PARTS = ("vision_tower", "visual", "vision_model", "multi_modal_projector", "connector")
@@ -55,9 +56,14 @@ class ModelArguments:
     model_name_or_path: str = field(
         default="tiny_llava",
         metadata={
-            "help": "tiny_llava | tiny_qwen2vl (random-weight model built into <output_dir>/base_model), "
+            "help": "stage1_llava | stage1_qwen2vl (the cached stage-1 pretrained base, built on first use), "
+            "tiny_llava | tiny_qwen2vl (random-weight model built into <output_dir>/base_model, for tests), "
             "a local checkpoint or a Hub model id."
         },
+    )
+    base_size: str = field(
+        default="default",
+        metadata={"help": "stage1_* bases: tiny | default | wide (see hf_budgetcl.training.pretrained_base.SIZES)."},
     )
     quantization: str = field(default="none", metadata={"help": "none | 4bit (NF4) | 8bit: bitsandbytes base."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank on the decoder blocks; 0 = full fine-tuning."})
@@ -276,9 +282,15 @@ def make_stream(config: BudgetedCLConfig, labels: np.ndarray, data_args: DataArg
 
 
 def build_base_model(model_args: ModelArguments, train, output_dir: str, build: bool = True, seed: int = 0) -> str:
-    """Path of the base checkpoint: a tiny random model saved into ``<output_dir>/base_model`` (built only if
-    ``build``: other ranks just read it), or ``model_name_or_path`` itself."""
+    """Path of the base checkpoint: the cached stage-1 base (``stage1_*``), a tiny random model saved into
+    ``<output_dir>/base_model``, or ``model_name_or_path`` itself. Built only if ``build``: other ranks just read it.
+    The stage-1 base does not depend on the run's seed: every seed continues from the same pretrained model."""
     name = model_args.model_name_or_path
+    if name in STAGE1_MODELS:
+        from ..training.pretrained_base import ensure_pretrained_base, pretrained_base_path
+
+        resolve = ensure_pretrained_base if build else pretrained_base_path
+        return resolve(STAGE1_MODELS[name], model_args.base_size)
     if name not in TINY_MODELS:
         return name
     # Absolute: the path is written into the adapter config, which must reload from anywhere.
