@@ -309,7 +309,8 @@ def test_end_to_end_digits(tmp_path, method):
 # ---- two processes -------------------------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
 def test_two_ranks_agree(tmp_path):
-    """sar then alsar in one 2-process gloo launch: same global batches, own shards, identical state and weights."""
+    """sar, alsar and alsar with conv features in one 2-process gloo launch: same global batches, own shards,
+    identical state and weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [
@@ -318,12 +319,12 @@ def test_two_ranks_agree(tmp_path):
         "--nproc_per_node",
         "2",
         str(ROOT / "tests/ddp_scripts/sar_ranks.py"),
-        "sar,alsar",
+        "sar,alsar,alsar:conv",
         str(tmp_path),
     ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for method in ("sar", "alsar"):
+    for method in ("sar", "alsar", "alsar_conv"):
         a, b = (json.loads((tmp_path / method / f"rank{r}.json").read_text()) for r in (0, 1))
         assert a["world_size"] == b["world_size"] == 2 and len(a["steps"]) == len(b["steps"]) > 50
         for sa, sb in zip(a["steps"], b["steps"]):
@@ -331,8 +332,12 @@ def test_two_ranks_agree(tmp_path):
             assert sa["shard"] + sb["shard"] == sa["labels"]  # split_batches: each rank trains its half
         for key in ("use_counts", "class_counts", "S", "params", "similarity_updates", "flops_items"):
             assert a[key] == b[key], (method, key)
-        assert a["similarity_updates"] == 8 * len(a["steps"])  # the gathered global batch, on both ranks
+        # the gathered global batch, on both ranks; conv features only on steps where a conv2 block trained
+        trained = [s for s in a["steps"] if method != "alsar_conv" or s["frozen"] < a["n_blocks"]]
+        assert a["similarity_updates"] == 8 * len(trained)
         assert np.any(np.asarray(a["S"]) != 0)
+    conv, head = (json.loads((tmp_path / m / "rank0.json").read_text()) for m in ("alsar_conv", "alsar"))
+    assert conv["flops_items"]["sar_features"] != head["flops_items"]["sar_features"]  # the conv path ran
 
 
 @pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0)])
