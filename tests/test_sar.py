@@ -378,12 +378,13 @@ def _conv_sar(model: nn.Module, seed: int = 0) -> tuple[SAR, FakeMethodContext]:
 
 
 def _train_pass(model, method, ctx, x, y, n_frozen: int = 0):
-    """The trainer's order: forward and observe, the backward pruned to the unfrozen suffix, after_backward."""
+    """The trainer's order: forward and observe, the backward (of the loss times ``ctx.loss_scale``, as an AMP
+    grad scaler would) pruned to the unfrozen suffix, after_backward."""
     from hf_budgetcl.models.blocks import find_blocks
 
     out = model(pixel_values=x, labels=y)
     method.observe(ctx, {"labels": y}, out)
-    out.loss.backward(inputs=find_blocks(model).trainable_from(n_frozen))
+    (out.loss * ctx.loss_scale).backward(inputs=find_blocks(model).trainable_from(n_frozen))
     method.after_backward(ctx)
 
 
@@ -411,10 +412,11 @@ def test_conv_coordinates_per_layer_follow_the_authors_rule_with_a_floor_of_one(
     assert method.extra_state_bytes(model, 10) == {"sar_statistics": 8 * (10 + 100 + 10 * 18 + 20) + 8 * 2 * 18}
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("mode", ["eval", "train", "amp"])
 def test_conv_features_are_per_sample_conv2_gradients(mode):
     model = _tiny_resnet().train(mode == "train")
     method, ctx = _conv_sar(model)
+    ctx.loss_scale = 2.0**16 if mode == "amp" else 1.0  # fp16's initial scale: unscaled before the clamp
     seen = _recording(method)
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
     _train_pass(model, method, ctx, x, y)
@@ -428,7 +430,7 @@ def test_conv_features_are_per_sample_conv2_gradients(mode):
         grads = torch.autograd.grad(loss, [c.weight for c in convs])
         return np.array([grads[l].flatten()[f].item() for l, f in zip(layer, flat)])
 
-    if mode == "eval":  # BN on running statistics: samples are independent, each one's own loss
+    if mode != "train":  # BN on running statistics: samples are independent, each one's own loss
         for n in range(4):
             loss = nn.functional.cross_entropy(model(pixel_values=x[n : n + 1]).logits, y[n : n + 1])
             np.testing.assert_allclose(g[n], grads_at_coords(loss), rtol=1e-4, atol=1e-7)
