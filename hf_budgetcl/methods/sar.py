@@ -22,11 +22,11 @@ last layer. For a linear head ``z = W h + b`` and cross-entropy, ``dL_n / dW[c, 
 h_{n,d}``; only a fixed seeded subset of ``similarity_coords`` entries ``(c, d)`` is formed (no backward, no per-sample
 gradient of the whole network), clamped to [-1, 1] and fed to the per-class EMAs
 (:func:`~hf_budgetcl.methods.retrieval_math.similarity_ema_update`), from which ``S`` is rebuilt every step. The head is never
-frozen, so all coordinates are always available, also under adaptive freezing. ``similarity_features=conv`` reads the
-reference's coordinates instead: per-sample gradients of the residual blocks' ``conv2`` weights
-(:mod:`~hf_budgetcl.methods.conv_features`), after the backward, from the unfrozen blocks only. In this head space cross-class cosines are mostly negative -- the
-two classes' own logit rows carry opposite signs -- and most so for confusable classes: rehearsing class c then lowers
-``c_hat`` of the classes it interferes with, so they are drawn more. The trainer's DataLoader fetches nothing ahead, so
+frozen, so all coordinates are always available, also under adaptive freezing. (``similarity_features=conv`` reads
+the reference's coordinates instead: per-sample gradients of the residual blocks' ``conv2`` weights, after the
+backward, from the unfrozen blocks only; :mod:`~hf_budgetcl.methods.conv_features`.) In the head space cross-class
+cosines are mostly negative -- the two classes' own logit rows carry opposite signs -- and most so for confusable
+classes: rehearsing class c then lowers ``c_hat`` of the classes it interferes with, so they are drawn more. The trainer's DataLoader fetches nothing ahead, so
 the batch of step ``t`` is drawn after step ``t - 1`` has updated ``S`` and the counts.
 """
 
