@@ -127,6 +127,10 @@ class BudgetedCLConfig(TrainingArguments):
     similarity_coords: int = field(
         default=SAR.similarity_coords, metadata={"help": "SAR: fixed random head-gradient coordinates per sample."}
     )
+    similarity_features: str = field(
+        default=SAR.similarity_features,
+        metadata={"help": "SAR: class-similarity features, head | conv (the authors' conv2 coordinates; CNNs)."},
+    )
     stream: str = field(default="disjoint", metadata={"help": f"Arrival order: {', '.join(STREAM_KINDS)}."})
     stream_file: str | None = field(default=None, metadata={"help": "JSON arrival order to import instead."})
     n_tasks: int = field(default=5, metadata={"help": "Tasks of disjoint / si_blurry streams."})

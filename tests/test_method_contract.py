@@ -33,6 +33,7 @@ def test_method_options_reach_sar_and_show_in_results(tmp_path):
         "sar_scale_by_memory": False,
         "similarity_ema": 0.001,
         "similarity_coords": 8,
+        "similarity_features": "head",
     }
     assert results["memory_bytes"]["extra:sar_statistics"] == 8 * (10 + 100 + 10 * 8 + 20) + 8 * 2 * 8
 

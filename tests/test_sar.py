@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from hf_budgetcl.methods import get_method
-from hf_budgetcl.methods.sar import SAR, conv_gradient_features, head_gradient_features
+from hf_budgetcl.methods.conv_features import conv_gradient_features
+from hf_budgetcl.methods.sar import SAR, head_gradient_features
 from hf_budgetcl.stream.memory import EpisodicMemory
 from tests.helpers import FakeMethodContext
 
@@ -308,7 +309,8 @@ def test_end_to_end_digits(tmp_path, method):
 # ---- two processes -------------------------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
 def test_two_ranks_agree(tmp_path):
-    """sar then alsar in one 2-process gloo launch: same global batches, own shards, identical state and weights."""
+    """sar, alsar and alsar with conv features in one 2-process gloo launch: same global batches, own shards,
+    identical state and weights."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [
@@ -317,12 +319,12 @@ def test_two_ranks_agree(tmp_path):
         "--nproc_per_node",
         "2",
         str(ROOT / "tests/ddp_scripts/sar_ranks.py"),
-        "sar,alsar",
+        "sar,alsar,alsar:conv",
         str(tmp_path),
     ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for method in ("sar", "alsar"):
+    for method in ("sar", "alsar", "alsar_conv"):
         a, b = (json.loads((tmp_path / method / f"rank{r}.json").read_text()) for r in (0, 1))
         assert a["world_size"] == b["world_size"] == 2 and len(a["steps"]) == len(b["steps"]) > 50
         for sa, sb in zip(a["steps"], b["steps"]):
@@ -330,8 +332,12 @@ def test_two_ranks_agree(tmp_path):
             assert sa["shard"] + sb["shard"] == sa["labels"]  # split_batches: each rank trains its half
         for key in ("use_counts", "class_counts", "S", "params", "similarity_updates", "flops_items"):
             assert a[key] == b[key], (method, key)
-        assert a["similarity_updates"] == 8 * len(a["steps"])  # the gathered global batch, on both ranks
+        # the gathered global batch, on both ranks; conv features only on steps where a conv2 block trained
+        trained = [s for s in a["steps"] if method != "alsar_conv" or s["frozen"] < a["n_blocks"]]
+        assert a["similarity_updates"] == 8 * len(trained)
         assert np.any(np.asarray(a["S"]) != 0)
+    conv, head = (json.loads((tmp_path / m / "rank0.json").read_text()) for m in ("alsar_conv", "alsar"))
+    assert conv["flops_items"]["sar_features"] != head["flops_items"]["sar_features"]  # the conv path ran
 
 
 @pytest.mark.parametrize("stride, padding", [(1, 1), (2, 0)])
@@ -348,3 +354,187 @@ def test_conv_gradient_features_match_autograd_per_sample(stride, padding):
     for n in range(5):
         (grad_w,) = torch.autograd.grad(((conv(x[n : n + 1]) - target[n : n + 1]) ** 2).sum(), conv.weight)
         torch.testing.assert_close(got[n], grad_w.flatten()[coords])
+
+
+# ---- conv features (the authors': residual blocks' conv2 weights) --------------------------------------------------
+def _tiny_resnet() -> nn.Module:
+    """fmd5_resnet's layout (stem, three one-block stages) at a tiny size; conv2 of 576, 2304 and 20,736 weights."""
+    from hf_budgetcl.models.cifar_resnet import CifarResNetConfig, CifarResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = CifarResNetConfig(
+        num_channels=1, stem_width=8, widths=[8, 16, 48], strides=[1, 2, 2], depths=[1, 1, 1], num_labels=3
+    )
+    return CifarResNetForImageClassification(config)
+
+
+def _conv_sar(model: nn.Module, seed: int = 0) -> tuple[SAR, FakeMethodContext]:
+    method = sar(similarity_features="conv", similarity_ema=0.1)
+    method.seed = seed
+    ctx = FakeMethodContext(model)
+    ctx.in_training_pass, ctx.loss_scale = True, 1.0
+    method.setup(ctx)
+    return method, ctx
+
+
+def _train_pass(model, method, ctx, x, y, n_frozen: int = 0):
+    """The trainer's order: forward and observe, the backward (of the loss times ``ctx.loss_scale``, as an AMP
+    grad scaler would) pruned to the unfrozen suffix, after_backward."""
+    from hf_budgetcl.models.blocks import find_blocks
+
+    out = model(pixel_values=x, labels=y)
+    method.observe(ctx, {"labels": y}, out)
+    (out.loss * ctx.loss_scale).backward(inputs=find_blocks(model).trainable_from(n_frozen))
+    method.after_backward(ctx)
+
+
+def _recording(method: SAR) -> list:
+    """Record the features after_backward hands to the similarity update."""
+    seen, update = [], method.update_similarity
+
+    def record(g, labels, world_size=1, cols=None):
+        seen.append((g, labels, cols))
+        return update(g, labels, world_size, cols=cols)
+
+    method.update_similarity = record
+    return seen
+
+
+def test_conv_coordinates_per_layer_follow_the_authors_rule_with_a_floor_of_one():
+    from hf_budgetcl.methods.conv_features import coords_per_layer, residual_conv2s
+    from hf_budgetcl.models import build_image_classifier
+
+    model = build_image_classifier("fmd5_resnet", num_labels=10, num_channels=1, image_size=28)
+    # the authors' floor(1e-4 numel) gives 0, 3, 14 (17 coordinates); the first block gets one here
+    assert coords_per_layer(residual_conv2s(model)) == [1, 3, 14]
+    method, _ = _conv_sar(model)
+    assert method.conv_coords.shape == (18, 2) and method.class_mean.shape[1] == 18
+    assert method.extra_state_bytes(model, 10) == {"sar_statistics": 8 * (10 + 100 + 10 * 18 + 20) + 8 * 2 * 18}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train", "amp"])
+def test_conv_features_are_per_sample_conv2_gradients(mode):
+    model = _tiny_resnet().train(mode == "train")
+    method, ctx = _conv_sar(model)
+    ctx.loss_scale = 2.0**16 if mode == "amp" else 1.0  # fp16's initial scale: unscaled before the clamp
+    seen = _recording(method)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    _train_pass(model, method, ctx, x, y)
+    ((g, labels, cols),) = seen
+    np.testing.assert_array_equal(labels, y.numpy())
+    assert np.abs(g).max() < 1  # the clamp does not act here, so the values can be compared exactly
+    layer, flat = method.conv_coords[cols, 0], method.conv_coords[cols, 1]
+    convs = [block.conv2 for block in model.blocks]
+
+    def grads_at_coords(loss) -> np.ndarray:
+        grads = torch.autograd.grad(loss, [c.weight for c in convs])
+        return np.array([grads[l].flatten()[f].item() for l, f in zip(layer, flat)])
+
+    if mode != "train":  # BN on running statistics: samples are independent, each one's own loss
+        for n in range(4):
+            loss = nn.functional.cross_entropy(model(pixel_values=x[n : n + 1]).logits, y[n : n + 1])
+            np.testing.assert_allclose(g[n], grads_at_coords(loss), rtol=1e-4, atol=1e-7)
+    else:  # batch statistics couple the samples: the per-sample terms still sum to the batch gradient
+        loss = model(pixel_values=x, labels=y).loss
+        np.testing.assert_allclose(g.mean(0), grads_at_coords(loss), rtol=1e-4, atol=1e-7)
+    assert method.similarity_updates == 4 and np.isfinite(method.S).all() and method.S[1, 1] > 0
+
+
+def test_conv_features_come_from_the_unfrozen_blocks_only():
+    import copy
+
+    model = _tiny_resnet()
+    twin = copy.deepcopy(model)  # same weights, its own hooks
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    full, full_ctx = _conv_sar(twin)
+    _train_pass(twin, full, full_ctx, x, y)
+    method, ctx = _conv_sar(model)
+    _train_pass(model, method, ctx, x, y, n_frozen=2)  # the stem and blocks.0 frozen
+    present = method.conv_coords[:, 0] >= 1
+    assert (method.class_mean[:, ~present] == 0).all() and (method.class_mean[:, present] != 0).any()
+    np.testing.assert_allclose(method.class_mean[:, present], full.class_mean[:, present], rtol=1e-5, atol=1e-9)
+    assert 0 < ctx.charges["sar_features"] < full_ctx.charges["sar_features"]
+    updates, charged = method.similarity_updates, dict(ctx.charges)
+    _train_pass(model, method, ctx, x, y, n_frozen=4)  # every block frozen, only the head trains
+    assert method.similarity_updates == updates and ctx.charges == charged
+
+
+def test_conv_features_charge_their_dot_products():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _tiny_resnet()
+    method, ctx = _conv_sar(model)
+    positions = {}
+    for i, block in enumerate(model.blocks):
+        block.conv2.register_forward_hook(lambda m, a, out, i=i: positions.__setitem__(i, out[0, 0].numel()))
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    _train_pass(model, method, ctx, x, y)
+    # the same contractions as batched matrix products (one per sample and coordinate), counted by torch
+    with FlopCounterMode(display=False) as counter:
+        for layer in method.conv_coords[:, 0]:
+            torch.bmm(torch.ones(4, 1, positions[int(layer)]), torch.ones(4, positions[int(layer)], 1))
+    k = len(method.conv_coords)
+    assert ctx.charges["sar_features"] == counter.get_total_flops() + 2 * 4 * k  # + rescale and clamp
+    assert ctx.charges["sar_similarity"] > 0
+
+
+def test_conv_state_round_trips_and_keeps_its_coordinates():
+    from hf_budgetcl.training.results import json_default
+
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1])
+    model = _tiny_resnet()
+    method, ctx = _conv_sar(model)
+    _train_pass(model, method, ctx, x, y)
+    state = json.loads(json.dumps(method.state_dict(), default=json_default))  # as in cl_state.json
+    model_b = _tiny_resnet()
+    other = sar(similarity_features="conv", similarity_ema=0.1)
+    other.load_state_dict(state)
+    other.seed = 7  # a fresh draw would pick other coordinates
+    ctx_b = FakeMethodContext(model_b)
+    ctx_b.in_training_pass, ctx_b.loss_scale = True, 1.0
+    other.setup(ctx_b)
+    np.testing.assert_array_equal(other.conv_coords, method.conv_coords)
+    assert not np.array_equal(_conv_sar(_tiny_resnet(), seed=7)[0].conv_coords, method.conv_coords)
+    _train_pass(model, method, ctx, x, y)
+    _train_pass(model_b, other, ctx_b, x, y)
+    np.testing.assert_allclose(other.S, method.S, rtol=1e-12)
+    np.testing.assert_allclose(other.class_mean, method.class_mean, rtol=1e-12)
+
+
+def test_conv_features_need_conv2_blocks(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from hf_budgetcl.config import BudgetedCLConfig
+    from hf_budgetcl.utils.errors import ConfigError
+
+    vit = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=8,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=8,
+            image_size=8,
+            patch_size=4,
+            num_channels=1,
+            num_labels=3,
+        )
+    )
+    with pytest.raises(ConfigError, match="similarity_features: 'conv' needs residual blocks") as err:
+        _conv_sar(vit)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="similarity_features: expected one of head, conv"):
+        BudgetedCLConfig(
+            output_dir=str(tmp_path), method="sar", memory_size=10, use_cpu=True, similarity_features="conv2"
+        )
+
+
+def test_end_to_end_alsar_with_conv_features(tmp_path):
+    trainer = _digits_trainer(tmp_path, "alsar", similarity_features="conv")
+    trainer.train()
+    r, m = trainer.results, trainer.method
+    frozen = {int(k): v for k, v in r["frozen_blocks_histogram"].items()}
+    n_blocks = len(trainer.blocks)  # stem, blocks.0, blocks.1: the last conv2 trains unless all are frozen
+    assert any(0 < k < n_blocks for k in frozen) or frozen.get(n_blocks, 0) > 0, frozen  # some steps froze
+    assert m.similarity_updates == 8 * (r["iterations"] - frozen.get(n_blocks, 0))
+    assert r["flops_items"]["sar_features"] > 0 and r["method_options"]["similarity_features"] == "conv"
+    assert np.isfinite(m.S).all() and (m.S != 0).any() and m.conv_coords.shape == (2, 2)

@@ -17,6 +17,8 @@ The hooks, in the order they run:
   rows with a choice that needs the model (MIR);
 * :meth:`ContinualMethod.observe` then :meth:`ContinualMethod.extra_loss`: after the forward of a real training
   pass only (not the profiler's measurement pass, not evaluation).
+* :meth:`ContinualMethod.after_backward`: after that pass's backward (the trained suffix has its gradients), before
+  the step's FLOPs are booked.
 
 Hyper-parameters are an ``Options`` dataclass (:mod:`hf_budgetcl.methods.options`); ``self.options`` holds the
 filled instance. ``freeze`` is the method's default freezing mode; ``required_freeze``, when set (by the class or in
@@ -85,6 +87,9 @@ class ContinualMethod:
     def extra_loss(self, ctx: MethodContext, inputs: dict, outputs: Any) -> torch.Tensor | None:
         """A term added to the model's loss on a real training pass."""
         return None
+
+    def after_backward(self, ctx: MethodContext) -> None:
+        """Learn from the backward of a real training pass (e.g. gradients caught by hooks)."""
 
     def extra_state_bytes(self, model: torch.nn.Module, num_classes: int) -> dict[str, int]:
         return {}

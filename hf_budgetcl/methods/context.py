@@ -73,6 +73,12 @@ class MethodContext:
     def world_size(self) -> int:
         return self._trainer.world_size
 
+    @property
+    def loss_scale(self) -> float:
+        """The factor by which the backward's loss exceeds the model's loss: the AMP grad scaler's (1 without)."""
+        scaler = getattr(self._trainer.accelerator, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
     def local_positions(self, local_rows: int) -> np.ndarray:
         """Positions in the global batch of this process's ``local_rows`` rows (each rank holds a contiguous shard)."""
         start = self.rank * len(self.record.indices) // self.world_size

@@ -22,10 +22,11 @@ last layer. For a linear head ``z = W h + b`` and cross-entropy, ``dL_n / dW[c, 
 h_{n,d}``; only a fixed seeded subset of ``similarity_coords`` entries ``(c, d)`` is formed (no backward, no per-sample
 gradient of the whole network), clamped to [-1, 1] and fed to the per-class EMAs
 (:func:`~hf_budgetcl.methods.retrieval_math.similarity_ema_update`), from which ``S`` is rebuilt every step. The head is never
-frozen, so all coordinates are always available, also under adaptive freezing. (The reference reads coordinates of
-the residual blocks' second convolutions instead.) In this head space cross-class cosines are mostly negative -- the
-two classes' own logit rows carry opposite signs -- and most so for confusable classes: rehearsing class c then lowers
-``c_hat`` of the classes it interferes with, so they are drawn more. The trainer's DataLoader fetches nothing ahead, so
+frozen, so all coordinates are always available, also under adaptive freezing. (``similarity_features=conv`` reads
+the reference's coordinates instead: per-sample gradients of the residual blocks' ``conv2`` weights, after the
+backward, from the unfrozen blocks only; :mod:`~hf_budgetcl.methods.conv_features`.) In the head space cross-class
+cosines are mostly negative -- the two classes' own logit rows carry opposite signs -- and most so for confusable
+classes: rehearsing class c then lowers ``c_hat`` of the classes it interferes with, so they are drawn more. The trainer's DataLoader fetches nothing ahead, so
 the batch of step ``t`` is drawn after step ``t - 1`` has updated ``S`` and the counts.
 """
 
@@ -40,7 +41,9 @@ import torch
 from torch import nn
 
 from ..models.heads import find_head, logits_of
+from ..utils.errors import ConfigError
 from .base import ContinualMethod
+from .conv_features import ConvGradientFeatures, coords_per_layer, residual_conv2s
 from .options import MethodOptions
 from .retrieval_math import (
     add_uses,
@@ -64,6 +67,7 @@ class SAROptions(MethodOptions):
         "similarity_ema": "(0, 1]",
         "similarity_coords": ">= 1",
     }
+    FEATURES: ClassVar[tuple[str, ...]] = ("head", "conv")
     sar_temperature: float = field(default=0.125, metadata={"help": "Retrieval softmax temperature T (ex.sh)."})
     sar_decay_k: float = field(
         default=4.0, metadata={"help": "Use counts decay by 1 - B / (k |M|) per iteration (ex.sh: k = 4)."}
@@ -79,6 +83,21 @@ class SAROptions(MethodOptions):
         default=64,
         metadata={"help": "Fixed random head-gradient coordinates per sample (not floor(1e-4 numel), pitfall 7)."},
     )
+    similarity_features: str = field(
+        default="head",
+        metadata={
+            "help": "Per-sample gradient features of the class similarity: head (similarity_coords head-weight "
+            "coordinates, analytic, no backward needed) | conv (the authors': every residual block's conv2 weight "
+            "at max(1, floor(1e-4 numel)) fixed coordinates, from hooks, unfrozen blocks only; CNNs only)."
+        },
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.similarity_features not in self.FEATURES:
+            raise ConfigError(
+                f"similarity_features: expected one of {', '.join(self.FEATURES)}, got {self.similarity_features!r}"
+            )
 
 
 def head_gradient_features(
@@ -94,26 +113,6 @@ def head_gradient_features(
     return (residual * features.float()[:, cols]).clamp_(-1.0, 1.0)
 
 
-def conv_gradient_features(
-    inputs: torch.Tensor, grad_output: torch.Tensor, conv: nn.Conv2d, coords: torch.Tensor
-) -> torch.Tensor:
-    """Per-sample gradients of ``conv.weight`` at flat weight indices ``coords`` (K,), as (N, K), from the layer's
-    input (N, C_in, H, W) and the gradient of the loss at its output (N, C_out, H', W'): the reference's features.
-
-    ``dL_n / dW[o, r] = sum_pos grad_out[n, o, pos] * unfold(x)[n, r, pos]`` with ``r`` the (c_in, kh, kw) index,
-    unfold's row order; the weight's flat index is ``o * C_in kh kw + r``. Costs ``2 N K P`` FLOPs (P output
-    positions) beyond the unfold. Groups are not supported (every block conv of the presets has one).
-    """
-    if conv.groups != 1:
-        raise ValueError("conv_gradient_features: grouped convolutions are not supported")
-    cols = torch.nn.functional.unfold(
-        inputs, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
-    )  # (N, C_in kh kw, P)
-    per_out = cols.shape[1]
-    out_rows, in_rows = coords // per_out, coords % per_out
-    return (grad_output.flatten(2)[:, out_rows, :] * cols[:, in_rows, :]).sum(-1)
-
-
 class SAR(ContinualMethod):
     """Replay with similarity-aware, frequency-based retrieval; every batch comes from memory."""
 
@@ -127,6 +126,7 @@ class SAR(ContinualMethod):
         o = self.options
         self.temperature, self.decay_k, self.warmup_samples = o.sar_temperature, o.sar_decay_k, o.sar_warmup_samples
         self.scale_by_memory, self.alpha, self.n_coords = o.sar_scale_by_memory, o.similarity_ema, o.similarity_coords
+        self.features = o.similarity_features
         self.seed = int(getattr(config, "seed", 0))  # the coordinates are drawn with the run's seed
         # Per-class state, indexed by label id and grown when a larger label appears.
         self.class_counts = np.zeros(0)  # U
@@ -136,17 +136,26 @@ class SAR(ContinualMethod):
         self.class_mean = np.zeros((0, 0))  # gbar, (C, K): K is fixed when the head is found
         self.S = np.zeros((0, 0))
         self.coords: np.ndarray | None = None  # (K, 2): (class row, feature column) of the head weight
+        self.conv_coords: np.ndarray | None = None  # (K, 2): (target layer, flat weight index), conv features
         self.similarity_updates = 0  # samples fed to the similarity EMAs
         self._head: nn.Module | None = None
         self._num_outputs = 0
         self._features: torch.Tensor | None = None
         self._warned_token_logits = False
         self._ctx: Any = None
+        self._conv: ConvGradientFeatures | None = None
+        self._labels: torch.Tensor | None = None  # of the training forward, for the conv features after backward
 
     def setup(self, ctx) -> None:
         """Find the head on the model's first forward (the profiler's measurement, before any training step), when
-        the width of the logits is known."""
+        the width of the logits is known. Conv features: hook the target convolutions and draw their coordinates."""
         self._ctx = ctx
+        if self.features == "conv":
+            self._conv = ConvGradientFeatures(ctx.model, lambda: ctx.in_training_pass)
+            if self.conv_coords is None:  # else restored from a checkpoint, with its class vectors
+                self.conv_coords = self._conv.draw(np.random.default_rng(self.seed))
+                self.class_mean = np.zeros((self.class_counts.size, len(self.conv_coords)))
+            return
 
         def attach_on_first_forward(module: nn.Module, args: tuple, output: Any) -> None:
             handle.remove()
@@ -231,6 +240,11 @@ class SAR(ContinualMethod):
 
     def observe(self, ctx, inputs: dict, outputs: Any) -> None:
         logits = logits_of(outputs)
+        if self.features == "conv":  # the features come with the backward (after_backward)
+            labels = inputs.get("labels")
+            ok = labels is not None and logits.dim() == 2 and labels.dim() == 1
+            self._labels = labels.detach() if ok else None
+            return
         if self._head is None:  # not set up through a trainer: the features of this forward are missed
             self._attach(ctx.model, logits.shape[-1])
         h, self._features = self._features, None
@@ -255,34 +269,62 @@ class SAR(ContinualMethod):
             # Each rank holds its shard of the global batch: gather so every rank applies the same update in the
             # same (global batch) order and S stays identical across ranks.
             g, labels = ctx.gather((g, labels.detach()))
+        # Softmax (3 per logit) + subtract and multiply per coordinate; each rank forms its shard's rows.
+        ctx.charge("sar_features", float(labels.numel() * (3 * self._num_outputs + 2 * g.shape[1])))
         for item, flops in self.update_similarity(g.cpu().numpy(), labels.cpu().numpy(), ctx.world_size).items():
             ctx.charge(item, flops)
 
-    def update_similarity(self, g: np.ndarray, labels: np.ndarray, world_size: int = 1) -> dict[str, float]:
-        """Feed per-sample features ``g`` (N, K) of classes ``labels`` to the class EMAs, then rebuild ``S``;
-        returns the FLOPs of that work per ledger item (all ranks together)."""
+    def after_backward(self, ctx) -> None:
+        """Conv features: per-sample gradients at the coordinates of the blocks the backward ran through."""
+        if self._conv is None:
+            return
+        taken, labels, self._labels = self._conv.take(self.conv_coords), self._labels, None
+        if taken is None or labels is None:  # every block frozen (or no labels): nothing to learn S from
+            return
+        g, cols, flops_per_row = taken
+        with torch.no_grad():
+            # The output gradients are of the (AMP-scaled) mean loss over the local rows: rescale to per-sample
+            # gradients before the clamp, as the head features are (the clamp is where the scale matters).
+            g = (g * (int((labels >= 0).sum()) / ctx.loss_scale)).clamp_(-1.0, 1.0)
+            g, labels = ctx.gather((g, labels))
+        ctx.charge("sar_features", float(labels.numel() * (flops_per_row + 2 * len(cols))))  # + rescale, clamp
+        for item, flops in self.update_similarity(
+            g.cpu().numpy(), labels.cpu().numpy(), ctx.world_size, cols=cols
+        ).items():
+            ctx.charge(item, flops)
+
+    def update_similarity(
+        self, g: np.ndarray, labels: np.ndarray, world_size: int = 1, cols: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Feed per-sample features ``g`` (N, K') of classes ``labels`` to the class EMAs, then rebuild ``S``;
+        returns the FLOPs of that work (all ranks together). ``cols``: the K' columns of the class vectors that
+        ``g`` holds (default: all).
+
+        Conv features on a step with a frozen prefix lack the frozen blocks' columns. Then only the columns present
+        move (gbar there; s from the cosine over them), as in the authors' code: skipping such steps would learn S
+        only from the batches the freezing criterion found informative enough to train fully (the selection bias
+        of aL's Fisher), and S is still rebuilt from the whole class vectors."""
         keep = labels >= 0  # -100: ignored rows
         g, labels = g[keep], labels[keep].astype(np.int64)
         self._introduce(labels)
-        self.class_mean, self.self_sim, self.maturity = similarity_ema_update(
-            self.class_mean, self.self_sim, self.maturity, g, labels, self.alpha
+        cols = np.arange(self.class_mean.shape[1]) if cols is None else np.asarray(cols)
+        part, self.self_sim, self.maturity = similarity_ema_update(
+            self.class_mean[:, cols], self.self_sim, self.maturity, g, labels, self.alpha
         )  # rows with NaN/inf are skipped there
+        self.class_mean[:, cols] = part
         self.S = class_similarity(self.class_mean, self.self_sim, self.maturity)
         self.similarity_updates += int(labels.size)
-        n, (c, k) = int(labels.size), self.class_mean.shape
-        return {
-            # Features: softmax (3 per logit) + subtract and multiply per coordinate; each rank forms its shard's rows.
-            "sar_features": float(n * (3 * self._num_outputs + 2 * k)),
-            # EMAs per sample: gbar (3K), cos(g, gbar) (6K), s and a (6); S: row norms and normalisation (3CK), Gram
-            # matrix (2C^2K), weights (3C^2). Replicated on every rank.
-            "sar_similarity": float(world_size * (n * (9 * k + 6) + 3 * c * k + 2 * c * c * k + 3 * c * c)),
-        }
+        n, (c, k), kp = int(labels.size), self.class_mean.shape, int(cols.size)
+        # EMAs per sample: gbar (3K'), cos(g, gbar) (6K'), s and a (6); S: row norms and normalisation (3CK), Gram
+        # matrix (2C^2K), weights (3C^2). Replicated on every rank.
+        return {"sar_similarity": float(world_size * (n * (9 * kp + 6) + 3 * c * k + 2 * c * c * k + 3 * c * c))}
 
     # ---- accounting -------------------------------------------------------------------------------------------
     def extra_state_bytes(self, model: nn.Module, num_classes: int) -> dict[str, int]:
         """float64: U (C), S (C x C), gbar (C x K), s (C), a (C); int64 coordinates (K x 2).
         (Per-slot counts u live in the memory, as for every method.)"""
-        c, k = int(num_classes), self.n_coords
+        c = int(num_classes)
+        k = sum(coords_per_layer(residual_conv2s(model))) if self.features == "conv" else self.n_coords
         return {"sar_statistics": 8 * (c + c * c + c * k + 2 * c) + 8 * 2 * k}
 
     # ---- checkpointing ----------------------------------------------------------------------------------------
@@ -294,6 +336,7 @@ class SAR(ContinualMethod):
         "class_mean",
         "S",
         "coords",
+        "conv_coords",
         "similarity_updates",
     )
 

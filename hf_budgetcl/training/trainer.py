@@ -311,6 +311,7 @@ class BudgetedCLTrainer(Trainer):
                 return loss.detach()
             n_frozen = self.freezing.decide(model, inputs, outputs, cost)
             self.backward_unfrozen(loss, n_frozen)
+            self.method.after_backward(self.method_context)
         if sync_by_hand:
             self.all_reduce_gradients(self.blocks.trainable_from(n_frozen))
         spent = self.ledger.total

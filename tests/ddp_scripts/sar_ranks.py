@@ -1,7 +1,8 @@
 """Run a short SAR / aL-SAR stream on every rank and dump what each rank saw (tests/test_sar.py launches it).
 
-Usage: torchrun --standalone --nproc_per_node 2 tests/ddp_scripts/sar_ranks.py METHOD[,METHOD...] OUT_DIR
-Runs the methods one after the other in the same processes (one start-up) and writes OUT_DIR/<method>/rank<r>.json:
+Usage: torchrun --standalone --nproc_per_node 2 tests/ddp_scripts/sar_ranks.py METHOD[:FEATURES][,...] OUT_DIR
+Runs the methods one after the other in the same processes (one start-up) and writes OUT_DIR/<name>/rank<r>.json
+(FEATURES: SAR's similarity_features, e.g. ``alsar:conv``, written to OUT_DIR/alsar_conv):
 per step the global batch record (slots, labels) and this rank's shard labels; at the end the memory use counts, the
 method's class counts and S, the parameters and the FLOPs ledger.
 """
@@ -47,8 +48,9 @@ class RecordingTrainer(BudgetedCLTrainer):
         return loss
 
 
-def main(method: str, out_dir: str) -> None:
-    out_dir = os.path.join(out_dir, method)
+def main(name: str, out_dir: str) -> None:
+    method, _, features = name.partition(":")
+    out_dir = os.path.join(out_dir, name.replace(":", "_"))
     train, test = load_digits_dataset()
     train, test = first_per_class(train, 10), first_per_class(test, 4)
     config = BudgetedCLConfig(
@@ -67,6 +69,7 @@ def main(method: str, out_dir: str) -> None:
         freeze_warmup_steps=5,
         fisher_update_every=3,
         seed=3,
+        similarity_features=features or "head",
     )
     stream = disjoint_stream(np.asarray(train["label"]), 5, seed=3)
     model = build_image_classifier("digits_resnet", num_labels=10, num_channels=1, image_size=8)
@@ -86,6 +89,7 @@ def main(method: str, out_dir: str) -> None:
     dump = {
         "rank": trainer.args.process_index,
         "world_size": trainer.world_size,
+        "n_blocks": len(trainer.blocks),
         "steps": trainer.steps,
         "use_counts": list(trainer.memory.use_counts),
         "class_counts": m.class_counts.tolist(),
