@@ -42,6 +42,7 @@ def _digits_trainer(tmp_path, model, **kwargs):
 def _tiny_vit():
     from hf_budgetcl.models import build_image_classifier
 
+    torch.manual_seed(0)  # the random init decides whether aL freezes on this short stream: not the suite's order
     return build_image_classifier("tiny_vit", num_labels=10, num_channels=1, image_size=8)
 
 
