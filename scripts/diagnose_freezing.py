@@ -18,17 +18,14 @@ table from its raw JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from hf_budgetcl.compare import publish
-from hf_budgetcl.compare.grid import OFFLINE_ENV, GridError, Run, completed, run_grid
+from hf_budgetcl.compare.observed import observed_main
 from hf_budgetcl.compare.tables import markdown_table
 
 SCRIPT = "scripts/diagnose_freezing.py"
@@ -152,28 +149,9 @@ def table(params: dict, runs: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--every", type=int, default=200, help="keep the criterion's inputs every n steps")
-    publish.add_arguments(parser, None)
-    parser.add_argument("--observe", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("run_args", nargs=argparse.REMAINDER, help="-- then the hf-budgetcl run arguments")
-    args = parser.parse_args()
-    run_args = [a for a in args.run_args if a != "--"]
-    if args.observe:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        observed_run(args.every, run_args)
-        return 0
-
-    def produce() -> tuple[dict, list[dict]]:
-        observed = Run(Path("."), ["--every", args.every, "--", *run_args])
-        output_dir = observed.option("--output_dir")
-        if output_dir is None:
-            raise GridError("diagnose_freezing: the hf-budgetcl run arguments must name --output_dir")
-        grid = [Run(output_dir, observed.args, command=(sys.executable, __file__, "--observe"), result_name=NAME)]
-        runs = completed(run_grid(grid, rerun=publish.rerun_arg(args), env=OFFLINE_ENV))
-        return {"every": args.every, "command": publish.command(SCRIPT)}, runs
-
-    return publish.publish(args, SCRIPT, table, produce)
+    return observed_main(
+        __doc__, SCRIPT, NAME, table, observed_run, every=200, every_help="keep the criterion's inputs every n steps"
+    )
 
 
 if __name__ == "__main__":

@@ -67,3 +67,24 @@ class FakeMethodContext:
 
     def local_positions(self, local_rows: int) -> np.ndarray:
         return np.arange(local_rows)
+
+
+def digits_run_args(per_class_train: int, per_class_test: int, *extra: str) -> list[str]:
+    """``hf-budgetcl run`` arguments of a small, quiet digits_er run (evaluated every 40 samples), then ``extra``."""
+    return [
+        "--config",
+        "recipes/configs/digits_er.yaml",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--per_class_train",
+        str(per_class_train),
+        "--per_class_test",
+        str(per_class_test),
+        "--eval_period",
+        "40",
+        "--logging_steps",
+        "1000",
+        *extra,
+    ]

@@ -15,6 +15,7 @@ import torch
 
 from hf_budgetcl.accounting.memory_budget import MemoryBudget, model_bytes, shard_numel
 from hf_budgetcl.training.checkpointing import find_resumable_checkpoint
+from tests.helpers import digits_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -104,21 +105,9 @@ def test_shard_sizes_pad_dim0_and_the_budget_counts_gradients():
     assert budget.sample_bytes_available == 600 and budget.itemise(50)["gradients"] == 100
 
 
-RESUME_ARGS = [
-    "--config",
-    "recipes/configs/digits_er.yaml",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--per_class_train",
-    "8",
-    "--per_class_test",
-    "4",
-    "--eval_period",
-    "40",
-    "--logging_steps",
-    "1000",
+RESUME_ARGS = digits_run_args(
+    8,
+    4,
     "--method",
     "alsar",
     "--per_device_train_batch_size",
@@ -143,7 +132,7 @@ RESUME_ARGS = [
     "true",
     "--ddp_backend",
     "gloo",
-]
+)
 TIMING = {"wall_time_s", "train_time_s", "eval_time_s", "iterations_per_s"}
 
 

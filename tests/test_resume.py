@@ -19,31 +19,11 @@ from hf_budgetcl.stream.orders import disjoint_stream
 from hf_budgetcl.stream.sampler import OnlineStreamSampler
 from hf_budgetcl.training.checkpointing import CL_STATE_NAME, find_resumable_checkpoint
 from hf_budgetcl.training.trainer import BudgetedCLTrainer
+from tests.helpers import digits_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"wall_time_s", "train_time_s", "eval_time_s", "iterations_per_s"}
-ER_ARGS = [
-    "--config",
-    "recipes/configs/digits_er.yaml",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--per_class_train",
-    "16",
-    "--per_class_test",
-    "5",
-    "--eval_period",
-    "40",
-    "--logging_steps",
-    "1000",
-    "--save_strategy",
-    "steps",
-    "--save_steps",
-    "25",
-    "--save_total_limit",
-    "2",
-]
+ER_ARGS = digits_run_args(16, 5, "--save_strategy", "steps", "--save_steps", "25", "--save_total_limit", "2")
 # aL-SAR with adaptive freezing that really freezes (high lr), and 1.5 iterations per arrival (an arrival's second
 # iteration may be owed across a checkpoint).
 ALSAR_ARGS = [

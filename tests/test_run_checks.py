@@ -15,24 +15,9 @@ from hf_budgetcl.training.checkpointing import find_resumable_checkpoint
 from hf_budgetcl.training.trainer import BudgetedCLTrainer
 from hf_budgetcl.utils.errors import ConfigError
 from hf_budgetcl.utils.run_marker import MARKER_NAME
+from tests.helpers import digits_run_args
 
-RUN = [
-    "run",
-    "--config",
-    "recipes/configs/digits_er.yaml",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--per_class_train",
-    "5",
-    "--per_class_test",
-    "2",
-    "--eval_period",
-    "40",
-    "--logging_steps",
-    "1000",
-]
+RUN = ["run", *digits_run_args(5, 2)]
 CHECKPOINTED = [*RUN, "--save_strategy", "steps", "--save_steps", "30", "--save_total_limit", "2"]
 
 
