@@ -167,6 +167,9 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     assert r0["batches"] == r1["batches"] and len(r0["batches"]) > 50
     assert r0["decisions"] == r1["decisions"] and any(n > 0 for n in r0["decisions"])
     assert r0["params_sha"] == r1["params_sha"]
+    # The loss trained on is each rank's batch mean, as on one process: Trainer must not scale it by the world size.
+    trained, own = np.array(r0["loss_pairs"]).T
+    assert len(trained) > 50 and np.allclose(trained, own, rtol=1e-6)
     assert r0["fisher"] == r1["fisher"] and r0["curve"] == r1["curve"]
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())["curve"]) == len(r0["curve"])
 

@@ -126,6 +126,10 @@ class BudgetedCLTrainer(Trainer):
             callbacks=callbacks,
             **kwargs,
         )
+        if not self.model.can_generate():
+            # Trainer multiplies the loss by the process count when forward takes **kwargs, assuming a token loss
+            # summed over the global item count. A classifier's loss is its local batch mean: that doubled it on 2 ranks.
+            self.model_accepts_loss_kwargs = False
         self.stream = stream
         self.method = method or METHODS.get_class(args.method)(config=args)
         self.blocks = find_blocks(self.model)

@@ -23,8 +23,8 @@ trainer = digits_trainer(
     per_device_train_batch_size=4,
     eval_period=40,
 )
-decisions, batches = [], []
-decide, pop = trainer.freezing.decide, trainer.stream_sampler.pop_record
+decisions, batches, loss_pairs = [], [], []
+decide, pop, compute_loss = trainer.freezing.decide, trainer.stream_sampler.pop_record, trainer.compute_loss
 
 
 def spy_decide(*args):
@@ -39,7 +39,16 @@ def spy_pop():
     return record
 
 
+def spy_compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+    loss, outputs = compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+    if trainer.method_context.in_training_pass:  # the loss trained on, next to the local batch mean
+        own = torch.nn.functional.cross_entropy(outputs["logits"], inputs["labels"])
+        loss_pairs.append((loss.item(), own.item()))
+    return (loss, outputs) if return_outputs else loss
+
+
 trainer.freezing.decide, trainer.stream_sampler.pop_record = spy_decide, spy_pop
+trainer.compute_loss = spy_compute_loss
 trainer.train()
 params = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()]).numpy().tobytes()
 rank = dist.get_rank()
@@ -49,6 +58,7 @@ rank = dist.get_rank()
             "world_size": dist.get_world_size(),
             "decisions": decisions,
             "batches": batches,
+            "loss_pairs": loss_pairs,
             "params_sha": hashlib.sha256(params).hexdigest(),
             "curve": [p.accuracy for p in trainer.curve],
             "train_flops": trainer.ledger.total,
