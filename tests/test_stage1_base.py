@@ -17,17 +17,22 @@ from safetensors.torch import load_file
 
 from hf_budgetcl.data.english_words import english_words, is_english_word
 from hf_budgetcl.data.stage1_scenes import (
+    ATTRIBUTE_CLASSES,
     COLORS,
     NO_LETTERS,
     NUMBERS,
     POSITIONS,
     QUESTION_TYPES,
+    ROWS,
+    SHAPES,
     Scene,
     SceneShape,
     random_letters,
     render_scene,
     sample_scene,
+    scene_attributes,
     scene_question,
+    stage1_attribute_images,
     stage1_scenes,
     where_phrase,
 )
@@ -135,6 +140,34 @@ def test_scene_dataset_deterministic_and_splits_differ():
         stage1_scenes(2, "validation")
 
 
+def test_scene_attributes_hand_checked():
+    """Scene 0 of seed 0 (the first hand-checked scene) as the vision tower's targets."""
+    attributes = dict(
+        zip([n for n, _ in ATTRIBUTE_CLASSES], scene_attributes(sample_scene(np.random.default_rng([0, 0, 0]))))
+    )
+    colors = list(COLORS)
+    assert attributes["background"] == colors.index("brown")
+    assert attributes["shape@top right"] == 1 + SHAPES.index("star")
+    assert attributes["color@top right"] == 1 + colors.index("purple")
+    assert attributes["shape@bottom left"] == 1 + SHAPES.index("square")
+    assert attributes["size@bottom right"] == 2  # large
+    assert attributes["shape@center"] == attributes["color@top"] == attributes["size@left"] == 0  # empty cells
+    assert attributes["letters_row"] == 1 + ROWS.index("middle")
+    assert attributes["letters_color"] == 1 + colors.index("pink")
+    no_letters = scene_attributes(sample_scene(np.random.default_rng([0, 0, 7])))
+    assert no_letters[-2:] == [0, 0]
+
+
+def test_attribute_images_are_the_scene_images():
+    """The tower is pretrained on the caption phase's own images, and its targets agree with the answers."""
+    images, attributes = stage1_attribute_images(5, "test", seed=3)
+    rows = stage1_scenes(5, "test", seed=3, questions_per_image=None).filter(lambda r: r["concept"] == "background")
+    assert attributes.shape == (5, len(ATTRIBUTE_CLASSES))
+    assert all(np.array_equal(np.asarray(a), np.asarray(r["image"])) for a, r in zip(images, rows))
+    assert [list(COLORS)[i] for i in attributes[:, 0]] == rows["answer"]
+    assert all((attributes[:, i] < n).all() for i, (_, n) in enumerate(ATTRIBUTE_CLASSES))
+
+
 def test_letter_strings_are_never_words():
     strings = [random_letters(np.random.default_rng(i)) for i in range(3000)]
     assert {len(s) for s in strings} == {2, 3, 4} and all(s.isupper() and s.isalpha() for s in strings)
@@ -171,6 +204,37 @@ def test_tiny_build_records_stage1(tiny_base):
     assert set(per_type) <= set(QUESTION_TYPES) and {"caption", "color", "count"} <= set(per_type)
     assert sum(v["questions"] for v in per_type.values()) == record["data"]["eval_rows"]
     assert all(0 <= v["exact_match"] <= 1 and 0 <= v["majority_baseline"] <= 1 for v in per_type.values())
+
+
+def test_tower_is_pretrained_then_kept(tmp_path, monkeypatch):
+    """Phase 1 trains tower and projector on the scene attributes; the caption phase then trains projector and
+    decoder around a frozen tower (trained with them, Adam's full steps on tiny gradients wreck it)."""
+    after_phase_1 = {}
+    pretrain = pretrained_base.pretrain_vision
+
+    def spy(model, *args):
+        record = pretrain(model, *args)
+        after_phase_1.update({k: v.clone() for k, v in model.state_dict().items()})
+        return record
+
+    monkeypatch.setattr(pretrained_base, "pretrain_vision", spy)
+    record = pretrained_base.build_pretrained_base("qwen2vl", "tiny", str(tmp_path / "base"))
+    assert record["vision_pretraining"]["steps"] == pretrained_base.SIZES["tiny"].vision_steps > 0
+    assert set(record["vision_pretraining"]["held_out_accuracy"]) == {
+        "background",
+        "shape",
+        "color",
+        "size",
+        "letters",
+    }
+    from hf_budgetcl.models.tiny_vlm import load_vlm
+
+    saved = load_vlm(str(tmp_path / "base"))[0].state_dict()  # the checkpoint's keys are converted on save
+    tower = [k for k in saved if ".visual." in k and ".merger." not in k]
+    merger = [k for k in saved if ".merger." in k]
+    assert tower and merger
+    assert all(torch.equal(saved[k], after_phase_1[k]) for k in tower)
+    assert not all(torch.equal(saved[k], after_phase_1[k]) for k in merger)
 
 
 def test_tiny_build_is_cached(tiny_base, monkeypatch):

@@ -249,11 +249,12 @@ def stage1_scenes(
     image_size: int = 32,
     questions_per_image: int | None = 3,
     letters_fraction: float = 0.4,
+    caption_fraction: float = 1.0,
 ) -> datasets.Dataset:
     """Rows ``image``, ``question``, ``answer``, ``concept`` (the question type) and ``label`` (its index in
     :data:`QUESTION_TYPES`), the columns of the VQA loaders.
 
-    Each image gets its caption and ``questions_per_image`` further questions of distinct random types (the
+    Each image gets its caption (with probability ``caption_fraction``) and ``questions_per_image`` further questions of distinct random types (the
     letters question always among them when letters are written, so reading gets enough signal); ``None``: one
     question of every type (a held-out set scored per type; the letters question only where letters are written). ``split`` ("train" or "test") selects an independent
     random stream, so the two never share a generator state.
@@ -279,7 +280,8 @@ def stage1_scenes(
             picked = [str(t) for t in rng.choice(types, size=questions_per_image, replace=False)]
             if scene.letters:
                 picked = ["letters", *picked[: questions_per_image - 1]] if questions_per_image else []
-            types = ["caption", *sorted(picked, key=QUESTION_TYPES.index)]
+            captioned = caption_fraction >= 1 or rng.random() < caption_fraction
+            types = ["caption"] * captioned + sorted(picked, key=QUESTION_TYPES.index)
         for qtype in types:
             question, answer = scene_question(scene, qtype, rng)
             rows["image"].append(image)
@@ -288,6 +290,47 @@ def stage1_scenes(
             rows["concept"].append(qtype)
             rows["label"].append(QUESTION_TYPES.index(qtype))
     return datasets.Dataset.from_dict(rows, features=_features())
+
+
+# The attribute targets of the vision-tower pretraining: one categorical per entry, index 0 meaning "none".
+ATTRIBUTE_CLASSES: tuple[tuple[str, int], ...] = (
+    ("background", len(COLORS)),
+    *((f"shape@{p}", len(SHAPES) + 1) for p in POSITIONS),
+    *((f"color@{p}", len(COLORS) + 1) for p in POSITIONS),
+    *((f"size@{p}", len(SIZES) + 1) for p in POSITIONS),
+    ("letters_row", len(ROWS) + 1),
+    ("letters_color", len(COLORS) + 1),
+)
+
+
+def scene_attributes(scene: Scene) -> list[int]:
+    """The scene as :data:`ATTRIBUTE_CLASSES` targets: background colour, per grid cell the shape, colour and size
+    (0 = empty cell, else 1 + index), and the letters' row and colour (0 = no letters)."""
+    colors, cells = list(COLORS), {s.position: s for s in scene.shapes}
+    per_cell = [
+        [0 if p not in cells else 1 + table.index(getattr(cells[p], field)) for p in POSITIONS]
+        for field, table in (("shape", SHAPES), ("color", colors), ("size", SIZES))
+    ]
+    letters = (
+        [0, 0] if not scene.letters else [1 + ROWS.index(scene.letters_row), 1 + colors.index(scene.letters_color)]
+    )
+    return [colors.index(scene.background), *per_cell[0], *per_cell[1], *per_cell[2], *letters]
+
+
+def stage1_attribute_images(
+    n_images: int, split: str = "train", seed: int = 0, image_size: int = 32, letters_fraction: float = 0.4
+) -> tuple[list[Image.Image], np.ndarray]:
+    """The images of :func:`stage1_scenes` (same arguments, same pixels) and their :func:`scene_attributes`,
+    ``(n_images, len(ATTRIBUTE_CLASSES))``: the supervised targets a vision tower is pretrained on."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    images, attributes = [], []
+    for index in range(n_images):
+        rng = np.random.default_rng([seed, SPLITS[split], index])
+        scene = sample_scene(rng, letters_fraction)
+        images.append(render_scene(scene, rng, image_size))
+        attributes.append(scene_attributes(scene))
+    return images, np.asarray(attributes, dtype=np.int64)
 
 
 def stage1_corpus(dataset: datasets.Dataset) -> list[str]:
