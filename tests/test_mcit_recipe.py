@@ -25,7 +25,7 @@ TINY = [
     "--per_device_eval_batch_size", "18", "--eval_period", "24", "--online_iter", "0.5", "--memory_size", "16",
     "--tiny_lm_layers", "2", "--tiny_lm_hidden", "32", "--tiny_vision_layers", "1", "--max_new_tokens", "4",
     "--freeze_warmup_steps", "1", "--fisher_update_every", "100", "--report_to", "none", "--disable_tqdm", "true",
-    "--logging_steps", "1000",
+    "--logging_steps", "1000", "--model_name_or_path", "tiny_llava",
 ]  # fmt: skip
 
 

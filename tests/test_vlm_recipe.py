@@ -141,7 +141,7 @@ def test_static_freezing_leaves_the_frozen_adapters_untouched(tmp_path):
 
 
 def test_full_fine_tuning_blocks_are_the_decoder_layers(tmp_path):
-    args = ModelArguments(tiny_lm_layers=2, tiny_lm_hidden=32, tiny_vision_layers=1, lora_r=0)
+    args = ModelArguments(model_name_or_path="tiny_llava", tiny_lm_layers=2, tiny_lm_hidden=32, tiny_vision_layers=1, lora_r=0)
     from hf_budgetcl.runs.vlm_instruction_stream import (
         DataArguments,
         build_base_model,
@@ -270,7 +270,7 @@ def test_qlora_run_counts_the_quantized_matmuls(tmp_path):
     results = _results(tmp_path)
     assert results["iterations"] > 0 and results["skipped_nonfinite_batches"] == 0
     # The same batch on the fp32 base: forward and backward FLOPs agree, so no quantised matmul went uncounted.
-    args = ModelArguments(lora_r=4, tiny_lm_hidden=64)
+    args = ModelArguments(model_name_or_path="tiny_llava", lora_r=4, tiny_lm_hidden=64)
     dense, _ = prepare_model(args, os.path.join(str(tmp_path), "base_model"))
     rows = [trainer.train_dataset[i] for i in range(4)]
     batch = trainer.data_collator(rows)

@@ -54,7 +54,7 @@ class ModelArguments:
         "tiny_vocab_size": ">= 1",
     }
     model_name_or_path: str = field(
-        default="tiny_llava",
+        default="stage1_llava",
         metadata={
             "help": "stage1_llava | stage1_qwen2vl (the cached stage-1 pretrained base, built on first use), "
             "tiny_llava | tiny_qwen2vl (random-weight model built into <output_dir>/base_model, for tests), "
