@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""ER vs aL-SAR on the tiny-LLaVA easy-vqa instruction stream (LoRA on the decoder blocks), side by side.
+"""Methods side by side on a vision-language instruction stream (LoRA on the decoder blocks).
+
+``--stream mcit`` (default): the 6-task multi-domain stream on the cached stage-1 *pretrained* base of
+``--family`` (recipes/configs/mcit_{family}_{er,alsar}.yaml), with the MCIT metrics (A_last over tasks, forgetting,
+per-task majority baseline). ``--stream easyvqa``: the old 3-concept easy-vqa stream on a random-weight tiny LLaVA
+(recipes/configs/easyvqa_llava_tiny_*.yaml), plumbing only.
 
 The methods of one seed run at the same time, as ``hf-budgetcl run`` processes with one torch thread each (two at a
 time), so that they see the same machine load and their wall-clock times are comparable (a ratio within one
-benchmark run, not an absolute speed). Each uses its YAML config unchanged (recipes/configs/
-easyvqa_llava_tiny_{er,alsar}.yaml) plus any overrides given after ``--``.
+benchmark run, not an absolute speed). Each uses its YAML config unchanged plus any overrides given after ``--``.
 
-    python scripts/benchmark_vlm.py                      # writes docs/results/vlm.md
-    python scripts/benchmark_vlm.py --seeds 1 2 3        # several seeds
-    python scripts/benchmark_vlm.py --quick              # smoke run (few rows), table under --work_dir
-    python scripts/benchmark_vlm.py --methods er alsar er:freeze=adaptive   # + ER with aL only (an ablation)
-    python scripts/benchmark_vlm.py --table_only         # the table again from docs/results/vlm.json
+    python scripts/benchmark_vlm.py --seeds 1 2 3                  # writes docs/results/vlm_mcit_llava.md
+    python scripts/benchmark_vlm.py --family qwen2vl --seeds 1 2 3 # docs/results/vlm_mcit_qwen2vl.md
+    python scripts/benchmark_vlm.py --methods er alsar er:method=sar er:freeze=adaptive   # + SAR, ER with aL only
+    python scripts/benchmark_vlm.py --quick                        # smoke run (few rows), table under --work_dir
+    python scripts/benchmark_vlm.py --table_only                   # the table again from its .json
 
 Finished runs (results.json under --work_dir, same arguments) are reused when the script is started again, unless
 --rerun.
@@ -29,13 +33,28 @@ from hf_budgetcl.compare.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "scripts/benchmark_vlm.py"
-QUICK = ["--max_train_questions", "96", "--max_test_questions", "48", "--eval_period", "48", "--memory_size", "48"]
+QUICK = {
+    "easyvqa": [
+        "--max_train_questions",
+        "96",
+        "--max_test_questions",
+        "48",
+        "--eval_period",
+        "48",
+        "--memory_size",
+        "48",
+    ],
+    "mcit": ["--task_train_size", "16", "--task_test_size", "8", "--eval_period", "48", "--memory_size", "32"],
+}
 HEADER = [
     "method",
     "A_AUC (%)",
     "A_last (%)",
     "Δ A_AUC vs er, paired (pt)",
     "majority baseline (%)",
+    "A_last over tasks (%)",
+    "forgetting (pt)",
+    "per-task majority (%)",
     "train TFLOPs",
     "backward FLOPs saved",
     "mean frozen blocks",
@@ -45,9 +64,11 @@ HEADER = [
 ]
 
 
-def config_of(name: str) -> Path:
+def config_of(name: str, stream: str = "mcit", family: str = "llava") -> Path:
     """The recipe config of an entry's name (er, alsar); a name without one fails the grid's validation."""
-    return ROOT / f"recipes/configs/easyvqa_llava_tiny_{name}.yaml"
+    if stream == "easyvqa":
+        return ROOT / f"recipes/configs/easyvqa_llava_tiny_{name}.yaml"
+    return ROOT / f"recipes/configs/mcit_{family}_{name}.yaml"
 
 
 def declare(args: argparse.Namespace) -> list[Run]:
@@ -57,7 +78,8 @@ def declare(args: argparse.Namespace) -> list[Run]:
     for seed in args.seeds:
         for entry in args.methods:
             name, flags = variant_flags(entry)
-            cli = ["--config", config_of(name), "--seed", seed, *(QUICK if args.quick else []), *args.extra, *flags]
+            quick = QUICK[args.stream] if args.quick else []
+            cli = ["--config", config_of(name, args.stream, args.family), "--seed", seed, *quick, *args.extra, *flags]
             runs.append(Run(Path(args.work_dir) / f"{variant_dirname(entry)}_s{seed}", cli, {"method": entry}))
     return runs
 
@@ -67,6 +89,17 @@ def mean_frozen_blocks(result: dict) -> float:
     histogram = {int(k): v for k, v in result["frozen_blocks_histogram"].items()}
     total = sum(histogram.values())
     return sum(k * v for k, v in histogram.items()) / total if total else 0.0
+
+
+def task_metrics(rs: list[dict]) -> list[str]:
+    """A_last over tasks, average forgetting and the per-task majority mean (– on a stream without tasks)."""
+    if any(r.get("A_last_tasks") is None for r in rs):
+        return ["–"] * 3
+    return [
+        mean_std([r["A_last_tasks"] for r in rs], 100),
+        mean_std([r["forgetting"] for r in rs], 100),
+        mean_std([r["majority_baseline_task_mean"] for r in rs], 100),
+    ]
 
 
 def table(params: dict, results: list[dict]) -> str:
@@ -81,6 +114,7 @@ def table(params: dict, results: list[dict]) -> str:
             mean_std([r["A_last"] for r in rs], 100),
             paired_difference(rs, runs.get("er")),
             mean_std([r["majority_baseline"] for r in rs], 100),
+            *task_metrics(rs),
             mean_std([r["train_flops"] for r in rs], 1e-12, 3),
             f"{mean_std([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}%",
             f"{mean_std([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks}",
@@ -90,18 +124,32 @@ def table(params: dict, results: list[dict]) -> str:
         ]
         for method, rs in runs.items()
     ]
+    if params.get("stream", "easyvqa") == "easyvqa":
+        title = "## Vision-language instruction stream: ER vs aL-SAR (tiny LLaVA, easy-vqa)"
+        setting = (
+            f"easy-vqa's real images and questions, disjoint stream over 3 concepts (shape, colour, yes/no), "
+            f"{first['stream']['length']} training questions, exact match of the generated answer on held-out "
+            f"questions of the concepts seen so far (evaluated every {eval_period} samples). A tiny "
+            f"random-weight LLaVA (CLIP tower frozen, Llama decoder with LoRA on its {n_blocks} blocks)"
+        )
+    else:
+        family = params["family"]
+        title = f"## Multi-domain instruction stream on the stage-1 {family} base"
+        setting = (
+            f"{len(first['task_names'])} tasks ({', '.join(first['task_names'])} for seed {first['seed']}; the order "
+            f"is drawn per seed), {first['stream']['length']} training questions, one task after another. Exact "
+            f"match of the generated answer on each task's held-out questions; A_AUC over the anytime curve (every "
+            f"{eval_period} samples, tasks seen so far), A_last and forgetting over the task accuracy matrix. The "
+            f"base is the cached stage-1 {family} (`ensure_pretrained_base`), LoRA on its {n_blocks} decoder blocks"
+        )
     lines = [
-        "## Vision-language instruction stream: ER vs aL-SAR (tiny LLaVA, easy-vqa)",
+        title,
         "",
-        f"easy-vqa's real images and questions, disjoint stream over 3 concepts (shape, colour, yes/no), "
-        f"{first['stream']['length']} training questions, exact match of the generated answer on held-out "
-        f"questions of the concepts seen so far (evaluated every {eval_period} samples). A tiny "
-        f"random-weight LLaVA (CLIP tower frozen, Llama decoder with LoRA on its {n_blocks} blocks), batch "
-        f"{first['batch_size']}, online_iter {first['online_iter']}, seeds {', '.join(map(str, params['seeds']))}. "
-        "Majority baseline: always the most frequent training answer of the seen concepts. TFLOPs: measured "
-        "training FLOPs (FlopCounterMode units, 2 per MAC) incl. each method's bookkeeping. Both methods ran at "
-        f"the same time, {params['threads']} torch thread each, on a shared machine: compare wall-clock times within "
-        "this table only (runs beyond the first two ran after them, under other load).",
+        f"{setting}, batch {first['batch_size']}, online_iter {first['online_iter']}, seeds "
+        f"{', '.join(map(str, params['seeds']))}. Majority baseline: always the most frequent training answer of "
+        "the seen concepts (per task: of that task). TFLOPs: measured training FLOPs (FlopCounterMode units, 2 per "
+        f"MAC) incl. each method's bookkeeping. The runs of one seed ran at the same time, {params['threads']} torch "
+        "thread each, on a shared machine: compare wall-clock times within this table only.",
         "",
         *markdown_table(HEADER, rows),
     ]
@@ -117,18 +165,21 @@ def table(params: dict, results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work_dir", default=str(ROOT / "out/benchmark_vlm"))
+    p.add_argument("--stream", choices=["mcit", "easyvqa"], default="mcit")
+    p.add_argument("--family", choices=["llava", "qwen2vl"], default="llava", help="mcit: the stage-1 base")
+    p.add_argument("--work_dir", default=None, help="default: out/benchmark_vlm_<stream>[_<family>][_quick]")
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
     p.add_argument("--methods", nargs="+", default=["er", "alsar"], help="config name[:key=value,...]")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--quick", action="store_true", help="smoke run: a few dozen rows")
-    publish.add_arguments(p, "docs/results/vlm.md (--quick: <work_dir>/results_vlm.md)")
+    publish.add_arguments(p, "docs/results/vlm_<stream>[_<family>].md (--quick: under --work_dir)")
     p.add_argument("extra", nargs="*", help="further hf-budgetcl overrides after --, e.g. -- --online_iter 2")
     args = p.parse_args(argv)
-    if args.quick and args.work_dir == str(ROOT / "out/benchmark_vlm"):
-        args.work_dir = str(ROOT / "out/benchmark_vlm_quick")
+    name = "vlm" if args.stream == "easyvqa" else f"vlm_mcit_{args.family}"  # vlm.md: the easy-vqa table
+    if args.work_dir is None:
+        args.work_dir = str(ROOT / f"out/benchmark_{name}{'_quick' if args.quick else ''}")
     if args.output == p.get_default("output"):
-        args.output = str(Path(args.work_dir) / "results_vlm.md" if args.quick else ROOT / "docs/results/vlm.md")
+        args.output = str(Path(args.work_dir) / f"{name}.md" if args.quick else ROOT / f"docs/results/{name}.md")
 
     def produce() -> tuple[dict, list[dict]]:
         runs = completed(
@@ -137,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         command = publish.command(SCRIPT, argv)
-        return {"seeds": args.seeds, "threads": args.threads, "command": command}, runs
+        params = {"seeds": args.seeds, "threads": args.threads, "command": command, "stream": args.stream}
+        return {**params, "family": args.family}, runs
 
     return publish.publish(args, SCRIPT, table, produce)
 
