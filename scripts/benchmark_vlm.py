@@ -60,7 +60,9 @@ HEADER = [
     "mean frozen blocks",
     "iterations",
     "memory (MiB)",
-    "wall-clock (s)",
+    "training wall-clock (s)",
+    "FLOPs / er, paired",
+    "wall-clock / er, paired",
 ]
 
 
@@ -89,6 +91,18 @@ def mean_frozen_blocks(result: dict) -> float:
     histogram = {int(k): v for k, v in result["frozen_blocks_histogram"].items()}
     total = sum(histogram.values())
     return sum(k * v for k, v in histogram.items()) / total if total else 0.0
+
+
+def train_seconds(result: dict) -> float:
+    """Training wall-clock, evaluations excluded."""
+    return result["train_time_s"] - result.get("eval_time_s", 0.0)
+
+
+def paired_ratio(rs: list[dict], baseline: list[dict] | None, value) -> str:
+    """Mean ± std over seeds of value(run) / value(baseline run of the same seed)."""
+    if not baseline or rs is baseline:
+        return "–"
+    return mean_std([value(a) / value(b) for a, b in zip(rs, baseline)], 1, 3)
 
 
 def task_metrics(rs: list[dict]) -> list[str]:
@@ -120,7 +134,9 @@ def table(params: dict, results: list[dict]) -> str:
             f"{mean_std([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks}",
             mean_std([r["iterations"] for r in rs], 1, 0),
             mean_std([r["memory_bytes"]["total"] for r in rs], 2**-20, 3),
-            mean_std([r["wall_time_s"] for r in rs], 1, 0),
+            mean_std([train_seconds(r) for r in rs], 1, 0),
+            paired_ratio(rs, runs.get("er"), lambda r: r["train_flops"]),
+            paired_ratio(rs, runs.get("er"), train_seconds),
         ]
         for method, rs in runs.items()
     ]
