@@ -53,6 +53,7 @@ HEADER = [
     "Δ A_AUC vs er, paired (pt)",
     "majority baseline (%)",
     "A_last over tasks (%)",
+    "Δ A_last over tasks vs er, paired (pt)",
     "forgetting (pt)",
     "per-task majority (%)",
     "train TFLOPs",
@@ -105,12 +106,14 @@ def paired_ratio(rs: list[dict], baseline: list[dict] | None, value) -> str:
     return mean_std([value(a) / value(b) for a, b in zip(rs, baseline)], 1, 3)
 
 
-def task_metrics(rs: list[dict]) -> list[str]:
-    """A_last over tasks, average forgetting and the per-task majority mean (– on a stream without tasks)."""
+def task_metrics(rs: list[dict], baseline: list[dict] | None) -> list[str]:
+    """A_last over tasks (and its paired difference to er), average forgetting and the per-task majority mean
+    (– on a stream without tasks)."""
     if any(r.get("A_last_tasks") is None for r in rs):
-        return ["–"] * 3
+        return ["–"] * 4
     return [
         mean_std([r["A_last_tasks"] for r in rs], 100),
+        paired_difference(rs, baseline, key="A_last_tasks"),
         mean_std([r["forgetting"] for r in rs], 100),
         mean_std([r["majority_baseline_task_mean"] for r in rs], 100),
     ]
@@ -128,7 +131,7 @@ def table(params: dict, results: list[dict]) -> str:
             mean_std([r["A_last"] for r in rs], 100),
             paired_difference(rs, runs.get("er")),
             mean_std([r["majority_baseline"] for r in rs], 100),
-            *task_metrics(rs),
+            *task_metrics(rs, runs.get("er")),
             mean_std([r["train_flops"] for r in rs], 1e-12, 3),
             f"{mean_std([r['backward_flops_saved_fraction'] for r in rs], 100, 1)}%",
             f"{mean_std([mean_frozen_blocks(r) for r in rs], 1, 2)} of {n_blocks}",
