@@ -141,7 +141,9 @@ def test_static_freezing_leaves_the_frozen_adapters_untouched(tmp_path):
 
 
 def test_full_fine_tuning_blocks_are_the_decoder_layers(tmp_path):
-    args = ModelArguments(model_name_or_path="tiny_llava", tiny_lm_layers=2, tiny_lm_hidden=32, tiny_vision_layers=1, lora_r=0)
+    args = ModelArguments(
+        model_name_or_path="tiny_llava", tiny_lm_layers=2, tiny_lm_hidden=32, tiny_vision_layers=1, lora_r=0
+    )
     from hf_budgetcl.runs.vlm_instruction_stream import (
         DataArguments,
         build_base_model,
