@@ -15,9 +15,11 @@ benchmark run, not an absolute speed). Each uses its YAML config unchanged plus 
     python scripts/benchmark_vlm.py --methods er alsar er:method=sar er:freeze=adaptive   # + SAR, ER with aL only
     python scripts/benchmark_vlm.py --quick                        # smoke run (few rows), table under --work_dir
     python scripts/benchmark_vlm.py --table_only                   # the table again from its .json
+    python scripts/benchmark_vlm.py --seeds 3 --merge              # add seed 3 to the table's runs
 
 Finished runs (results.json under --work_dir, same arguments) are reused when the script is started again, unless
---rerun.
+--rerun. ``--merge`` keeps the runs already in the table's .json (made with the same stream, family, threads and
+overrides) and adds or replaces this invocation's; the table lists every command that made its runs.
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ def task_metrics(rs: list[dict], baseline: list[dict] | None) -> list[str]:
 def table(params: dict, results: list[dict]) -> str:
     runs = group(results, lambda r: r["label"]["method"])
     first = next(iter(runs.values()))[0]
+    seeds = sorted({r["seed"] for r in results})
+    commands = params.get("commands") or [params["command"]]  # "command": a table made before --merge existed
     n_blocks = len(runs.get("alsar", [first])[0]["freeze"].get("fisher", [])) or "?"
     eval_period = first["curve"][0]["samples"] if first["curve"] else "?"
     rows = [
@@ -165,7 +169,7 @@ def table(params: dict, results: list[dict]) -> str:
         title,
         "",
         f"{setting}, batch {first['batch_size']}, online_iter {first['online_iter']}, seeds "
-        f"{', '.join(map(str, params['seeds']))}. Majority baseline: always the most frequent training answer of "
+        f"{', '.join(map(str, seeds))}. Majority baseline: always the most frequent training answer of "
         "the seen concepts (per task: of that task). TFLOPs: measured training FLOPs (FlopCounterMode units, 2 per "
         f"MAC) incl. each method's bookkeeping. The runs of one seed ran at the same time, {params['threads']} torch "
         "thread each, on a shared machine: compare wall-clock times within this table only.",
@@ -173,12 +177,11 @@ def table(params: dict, results: list[dict]) -> str:
         *markdown_table(HEADER, rows),
     ]
     if "alsar" in runs:
-        hist = ", ".join(f"{k}: {v}" for k, v in runs["alsar"][0]["frozen_blocks_histogram"].items())
-        lines += [
-            "",
-            f"aL-SAR frozen-prefix histogram (seed {params['seeds'][0]}, frozen blocks: iterations): {hist}.",
-        ]
-    lines += ["", f"Command: `{params['command']}`", ""]
+        alsar = min(runs["alsar"], key=lambda r: r["seed"])
+        hist = ", ".join(f"{k}: {v}" for k, v in alsar["frozen_blocks_histogram"].items())
+        lines += ["", f"aL-SAR frozen-prefix histogram (seed {alsar['seed']}, frozen blocks: iterations): {hist}."]
+    label = "Command" if len(commands) == 1 else "Commands"
+    lines += ["", f"{label}: " + "; ".join(f"`{c}`" for c in commands), ""]
     return "\n".join(lines)
 
 
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["er", "alsar"], help="config name[:key=value,...]")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--quick", action="store_true", help="smoke run: a few dozen rows")
-    publish.add_arguments(p, "docs/results/vlm_<stream>[_<family>].md (--quick: under --work_dir)")
+    publish.add_arguments(p, "docs/results/vlm_<stream>[_<family>].md (--quick: under --work_dir)", merge=True)
     p.add_argument("extra", nargs="*", help="further hf-budgetcl overrides after --, e.g. -- --online_iter 2")
     args = p.parse_args(argv)
     name = "vlm" if args.stream == "easyvqa" else f"vlm_mcit_{args.family}"  # vlm.md: the easy-vqa table
@@ -206,11 +209,12 @@ def main(argv: list[str] | None = None) -> int:
                 declare(args), jobs=2, threads=args.threads, rerun=publish.rerun_arg(args), env=OFFLINE_ENV, cwd=ROOT
             )
         )
-        command = publish.command(SCRIPT, argv)
-        params = {"seeds": args.seeds, "threads": args.threads, "command": command, "stream": args.stream}
-        return {**params, "family": args.family}, runs
+        # What must match for --merge; the seeds are the runs' own.
+        params = {"threads": args.threads, "stream": args.stream, "family": args.family, "overrides": args.extra}
+        return {**params, "commands": [publish.command(SCRIPT, argv)]}, runs
 
-    return publish.publish(args, SCRIPT, table, produce)
+    key = lambda r: (r["label"]["method"], r["seed"])  # noqa: E731
+    return publish.publish(args, SCRIPT, table, produce, key=key, accumulate=("commands",))
 
 
 if __name__ == "__main__":

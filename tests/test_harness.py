@@ -214,7 +214,21 @@ def test_merge_puts_rerun_runs_in_place_of_the_old_ones(tmp_path):
     old = [{"method": m, "seed": s, "A_auc": 0.5} for m, s in (("plain", 1), ("er", 1), ("er", 2))]
     publish.write_raw(raw, "scripts/x.py", {"n": 1}, old)
     key = lambda r: (r["method"], r["seed"])
-    runs = publish.merged(raw, {"n": 1}, [{"method": "er", "seed": 1, "A_auc": 0.9}, {"method": "er", "seed": 3}], key)
+    _, runs = publish.merged(
+        raw, {"n": 1}, [{"method": "er", "seed": 1, "A_auc": 0.9}, {"method": "er", "seed": 3}], key
+    )
     assert [key(r) for r in runs] == [("plain", 1), ("er", 1), ("er", 2), ("er", 3)] and runs[1]["A_auc"] == 0.9
     with pytest.raises(GridError, match="other parameters"):
         publish.merged(raw, {"n": 2}, [], key)
+
+
+def test_merge_joins_the_accumulated_parameters_and_compares_the_rest(tmp_path):
+    raw = tmp_path / "t.json"
+    publish.write_raw(raw, "scripts/x.py", {"n": 1, "commands": ["a"]}, [{"method": "er", "seed": 1}])
+    key = lambda r: (r["method"], r["seed"])
+    params, runs = publish.merged(raw, {"n": 1, "commands": ["b"]}, [{"method": "er", "seed": 2}], key, ("commands",))
+    assert params == {"n": 1, "commands": ["a", "b"]} and [key(r) for r in runs] == [("er", 1), ("er", 2)]
+    params, _ = publish.merged(raw, {"n": 1, "commands": ["a"]}, [], key, ("commands",))
+    assert params["commands"] == ["a"]
+    with pytest.raises(GridError, match="other parameters"):
+        publish.merged(raw, {"n": 2, "commands": ["a"]}, [], key, ("commands",))

@@ -93,17 +93,28 @@ def command(script: str, argv: list[str] | None = None) -> str:
 
 
 def merged(
-    raw: Path, params: dict[str, Any], runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
-) -> list[dict[str, Any]]:
-    """The runs of ``raw`` with those of ``runs`` in their place (matched by ``key``), then the new ones."""
+    raw: Path,
+    params: dict[str, Any],
+    runs: list[dict[str, Any]],
+    key: Callable[[dict[str, Any]], Any],
+    accumulate: tuple[str, ...] = (),
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The runs of ``raw`` with those of ``runs`` in their place (matched by ``key``), then the new ones. The
+    parameters must match, except the lists named in ``accumulate`` (e.g. the commands that made the runs), which
+    are joined."""
     if not raw.exists():
-        return runs
+        return params, runs
     old_params, old_runs = read_raw(raw)
-    if old_params != params:
-        raise GridError(f"--merge: {raw} was made with other parameters ({old_params}, now {params})")
+    fixed = {k: v for k, v in params.items() if k not in accumulate}
+    old_fixed = {k: v for k, v in old_params.items() if k not in accumulate}
+    if old_fixed != fixed:
+        raise GridError(f"--merge: {raw} was made with other parameters ({old_fixed}, now {fixed})")
+    joined = {
+        k: [*old_params.get(k, []), *(v for v in params[k] if v not in old_params.get(k, []))] for k in accumulate
+    }
     new = {key(r): r for r in runs}
     kept = [new.pop(key(r), r) for r in old_runs]
-    return kept + list(new.values())
+    return {**params, **joined}, kept + list(new.values())
 
 
 def publish(
@@ -112,6 +123,7 @@ def publish(
     table: Table,
     produce: Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]],
     key: Callable[[dict[str, Any]], Any] | None = None,
+    accumulate: tuple[str, ...] = (),
 ) -> int:
     """The end of every benchmark script: ``produce()`` the (params, runs), or read them back with ``--table_only``;
     write the raw JSON and the table made from it (with ``--merge``, into the runs already there, matched by
@@ -127,7 +139,7 @@ def publish(
         else:
             params, runs = produce()
             if getattr(args, "merge", False):
-                runs = merged(raw, params, runs, key)
+                params, runs = merged(raw, params, runs, key, accumulate)
             write_raw(raw, script, params, runs)
     except GridError as err:
         print(f"{script}: error: {err}", file=sys.stderr)
