@@ -251,6 +251,14 @@ def build_tiny_qwen2vl(save_dir: str | os.PathLike, corpus: Iterable[str], **kwa
 
 
 TINY_FAMILIES = {"llava": make_tiny_llava, "qwen2vl": make_tiny_qwen2vl}
+#: The size arguments both builders take (Qwen2-VL also takes ``vision_hidden``).
+SIZE_FIELDS = ("image_size", "patch_size", "lm_hidden", "lm_layers", "vision_layers", "vocab_size", "init_std")
+
+
+def size_kwargs(source: Any, prefix: str = "") -> dict[str, Any]:
+    """The builders' size arguments read from ``source``'s attributes ``<prefix><field>`` (a build config, or the
+    recipe's ``tiny_*`` model arguments)."""
+    return {name: getattr(source, prefix + name) for name in SIZE_FIELDS}
 
 
 def make_tiny_vlm(family: str, corpus: Iterable[str], **kwargs: Any) -> tuple[PreTrainedModel, Any]:

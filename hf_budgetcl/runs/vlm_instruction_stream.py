@@ -297,21 +297,11 @@ def build_base_model(model_args: ModelArguments, train, output_dir: str, build: 
     path = os.path.abspath(os.path.join(output_dir, "base_model"))
     if not build:
         return path
-    from ..models.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl
+    from ..models.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl, size_kwargs
 
     corpus = sorted(set(train["question"])) + sorted(set(train["answer"]))
     builder = build_tiny_llava if name == "tiny_llava" else build_tiny_qwen2vl
-    kwargs = dict(
-        image_size=model_args.tiny_image_size,
-        patch_size=model_args.tiny_patch_size,
-        lm_hidden=model_args.tiny_lm_hidden,
-        lm_layers=model_args.tiny_lm_layers,
-        vision_layers=model_args.tiny_vision_layers,
-        vocab_size=model_args.tiny_vocab_size,
-        init_std=model_args.tiny_init_std,
-        seed=seed,
-    )
-    return builder(path, corpus, **kwargs)
+    return builder(path, corpus, **size_kwargs(model_args, prefix="tiny_"), seed=seed)
 
 
 def prepare_model(model_args: ModelArguments, base_path: str):

@@ -191,7 +191,7 @@ def build_pretrained_base(family: str, size: str, save_dir: str, seed: int = 0) 
     from ..data.english_words import english_words
     from ..data.stage1_scenes import stage1_corpus, stage1_scenes
     from ..data.vlm_collator import VLMInstructionCollator
-    from ..models.tiny_vlm import make_tiny_vlm, save_vlm
+    from ..models.tiny_vlm import make_tiny_vlm, save_vlm, size_kwargs
 
     config = build_config(family, size, seed)
     cfg = SIZES[size]
@@ -207,16 +207,7 @@ def build_pretrained_base(family: str, size: str, save_dir: str, seed: int = 0) 
             **data,
         )
         test = stage1_scenes(cfg.eval_images, "test", questions_per_image=None, **data)
-        arch = dict(
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            lm_hidden=cfg.lm_hidden,
-            lm_layers=cfg.lm_layers,
-            vision_layers=cfg.vision_layers,
-            vocab_size=cfg.vocab_size,
-            init_std=cfg.init_std,
-            seed=seed,
-        )
+        arch = {**size_kwargs(cfg), "seed": seed}
         if family == "qwen2vl":
             arch["vision_hidden"] = cfg.vision_hidden
         # A leading space, as words stand inside a sentence: the byte-level BPE then learns "Ġword" merges.
