@@ -168,6 +168,9 @@ def test_card_contains_budget_stream_method_versions_citation(digits_run):
         assert f"- {lib}: " in text
     assert "arxiv.org/abs/2410.15143" in text and "@inproceedings{seo2025budgeted" in text
     assert "AutoModelForImageClassification.from_pretrained" in text
+    final = results["curve"][-1]["per_class"]
+    per_class = text.split("## Accuracy per class")[1].split("##")[0]
+    assert sum(line.endswith(" % |") for line in per_class.splitlines()) == len(final) == 10
 
 
 def test_build_model_card_from_a_realistic_dict():
@@ -320,3 +323,33 @@ def test_card_hyperparameters_are_the_key_ones_and_what_differs_from_defaults(tm
     assert params["weight_decay"] == 0.05 and params["memory_size"] == 7 and params["method"] == "er"
     assert "gradient_checkpointing" not in params and "debug" not in params  # unset either way
     assert "adam_beta1" not in params and "accelerator_config" not in params
+
+
+def test_card_lists_the_final_accuracy_per_class_by_name_in_stream_order():
+    results = realistic_results()
+    results["stream"]["params"]["class_order"] = [2, 0, 1]
+    results["curve"] = [{"per_class": {"0": 0.5}}, {"per_class": {"0": 0.25, "1": 1.0, "2": 0.125}}]
+    names = {0: "T-shirt/top", 1: "Trouser", 2: "a|b"}
+    text = str(build_model_card(results, None, model_name="m", base_model=None, dataset_name="d", class_names=names))
+    table = text.split("## Accuracy per class")[1].split("##")[0]
+    assert [line for line in table.splitlines() if line.startswith("| ") and "%" in line] == [
+        "| a\\|b | 12.50 % |",
+        "| T-shirt/top | 25.00 % |",
+        "| Trouser | 100.00 % |",
+    ]
+    plain = str(build_model_card(results, None, model_name="m", base_model=None, dataset_name="d"))
+    assert "| 2 | 12.50 % |" in plain
+    vlm = build_model_card(
+        results, None, model_name="m", base_model=None, dataset_name="d", task_type="image-text-to-text"
+    )
+    assert "Accuracy per class" not in str(vlm)
+
+
+def test_class_names_come_from_id2label_but_not_its_placeholders():
+    from types import SimpleNamespace
+
+    from hf_budgetcl.hub.model_card import class_names_of
+
+    named = SimpleNamespace(config=SimpleNamespace(id2label={"0": "cat", "1": "dog"}))
+    placeholder = SimpleNamespace(config=SimpleNamespace(id2label={0: "LABEL_0", 1: "LABEL_1"}))
+    assert class_names_of(named) == {0: "cat", 1: "dog"} and class_names_of(placeholder) is None

@@ -15,6 +15,7 @@ import dataclasses
 import importlib.metadata
 import math
 import os
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,26 @@ def _task_matrix(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _class_rows(results: dict[str, Any], class_names: Mapping[int, str] | None) -> list[tuple[str, str]] | None:
+    """(class, accuracy) of the last evaluation, in the order the stream brought the classes (the class ids where
+    no names are given), or None without per-class accuracies."""
+    curve = results.get("curve") or []
+    final = {int(k): v for k, v in (curve[-1].get("per_class") or {}).items()} if curve else {}
+    if not final:
+        return None
+    order = [c for c in results["stream"].get("params", {}).get("class_order", []) if c in final]
+    order += sorted(set(final) - set(order))
+    names = class_names or {}
+    return [(str(names.get(c, c)).replace("|", "\\|"), _pct(final[c])) for c in order]
+
+
+def class_names_of(model: Any) -> dict[int, str] | None:
+    """The model's ``id2label``, unless it holds only transformers' placeholders (``LABEL_0`` ...)."""
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    names = {int(k): str(v) for k, v in id2label.items()}
+    return None if all(v == f"LABEL_{k}" for k, v in names.items()) else names
+
+
 def _load_snippet(repo_id: str, task_type: str, native: bool = True) -> str:
     if task_type == "image-classification":
         return (
@@ -227,6 +248,7 @@ def build_model_card(
     repo_id: str | None = None,
     native: bool = True,
     pipeline: bool = True,
+    class_names: Mapping[int, str] | None = None,
 ) -> ModelCard:
     """Render the hf_budgetcl model card of a run.
 
@@ -241,6 +263,7 @@ def build_model_card(
         native: plain transformers loads the architecture (else the card says to import hf_budgetcl first and does
             not claim ``library_name: transformers``).
         pipeline: ``transformers.pipeline(task_type)`` runs on the saved folder (else no ``pipeline_tag``).
+        class_names: class id -> name for the per-class table of an image classifier (default: the ids).
     """
     model_name = model_name or f"{results['method']}-{results['stream']['kind']}"
     stream = results["stream"]
@@ -299,6 +322,7 @@ def build_model_card(
         n_evaluations=len(results.get("curve", [])),
         accuracy={k: _pct(results.get(k)) for k in ("A_auc", "A_last", "F_last")},
         task_matrix=_task_matrix(results),
+        class_rows=_class_rows(results, class_names) if task_type == "image-classification" else None,
         flops_rows=flops_rows,
         memory_rows=memory_rows,
         hyperparameters=hyperparameters(config),
@@ -372,6 +396,7 @@ def write_trainer_model_card(trainer: Any, output_dir: str | None = None, **kwar
         repo_id=repo_id if repo_id and REPO_ID.match(repo_id) else None,
         native=native,
         pipeline=pipeline,
+        class_names=class_names_of(base),
     )
     output_dir = output_dir or args.output_dir
     path = os.path.join(output_dir, "README.md")
