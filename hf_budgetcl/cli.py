@@ -21,7 +21,8 @@ RECIPES = RECIPE_NAMES
 __all__ = ["main", "recipe_of", "run_guarded"]
 
 
-def _recipe_main(name: str) -> Callable[[Sequence[str]], object]:
+def recipe_runner(name: str) -> Callable[[Sequence[str]], object]:
+    """The ``run(argv)`` of a recipe (imported only when asked for, so that ``--help`` stays fast)."""
     if name == "image_classification":
         from .runs.image_classification import run
     elif name == "vlm_instruction_stream":
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code or status["code"]
     if command != "run":
         top.parse_args([command])  # argparse prints the usage error and exits 2
-    return run_guarded(lambda: _recipe_main(recipe_of(rest))(rest))
+    return run_guarded(lambda: recipe_runner(recipe_of(rest))(rest))
 
 
 if __name__ == "__main__":

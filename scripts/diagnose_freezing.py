@@ -33,8 +33,9 @@ NAME = "diagnose_freezing.json"
 
 
 def observed_run(every: int, run_args: list[str]) -> None:
+    from hf_budgetcl.cli import recipe_runner
     from hf_budgetcl.freezing import adaptive
-    from hf_budgetcl.runs import image_classification
+    from hf_budgetcl.runs.yaml_config import recipe_of
 
     steps: list[dict] = []
     snapshots: list[dict] = []
@@ -58,13 +59,14 @@ def observed_run(every: int, run_args: list[str]) -> None:
                     "forward": cost.forward,
                     "backward_by_prefix": list(cost.backward_by_prefix),
                     "blocks": list(self.blocks.names),
+                    "max_frozen": self.blocks.max_frozen,
                 }
             )
         return n
 
     adaptive.batch_informativeness = observed_informativeness
     adaptive.AdaptiveFreezingCallback.decide = observed_decide
-    trainer = image_classification.run(run_args)
+    trainer = recipe_runner(recipe_of(run_args))(run_args)  # either recipe: an image or a VLM stream
     out = Path(trainer.args.output_dir)
     results = json.loads((out / "results.json").read_text())
     settings = trainer.freezing.describe()
@@ -85,8 +87,10 @@ def table(params: dict, runs: list[dict]) -> str:
     L = F.size
     inform = np.concatenate([np.cumsum(F[::-1])[::-1], [0.0]])
     cost = last["forward"] + bwd
-    # BFC_L = R* Q_L - s_b G_L > BFC_0 = 0: the s_b under which freezing everything beats freezing nothing
-    threshold = np.max(inform / cost) * (bwd[0] - bwd[-1]) / F.sum()
+    top = last.get("max_frozen", L)  # L - 1 when no head trains
+    # BFC_top = R* Q_top - s_b G_top > BFC_0 = 0: the s_b under which freezing all it can beats freezing nothing
+    threshold = np.max(inform[: top + 1] / cost[: top + 1]) * (bwd[0] - bwd[top]) / F[:top].sum()
+    freeze_all, sub = ("freeze all", "L") if top == L else (f"freezing all {top} freezable blocks", str(top))
     lines = [
         f"`{results['method']}` with `--freeze adaptive` ({settings['mode']}; fisher_ema {settings['fisher_ema']}, "
         f"informativeness_ema {settings['informativeness_ema']}), seed {results['seed']}, {results['iterations']} "
@@ -101,7 +105,9 @@ def table(params: dict, runs: list[dict]) -> str:
     rows = [
         [
             n,
-            last["blocks"][n] if n < L else "(head only trains)",
+            last["blocks"][n]
+            if n < L
+            else ("(head only trains)" if last.get("max_frozen", L) == L else "(none trains)"),
             f"{F[n]:.4g}" if n < L else "",
             f"{BF[n] / 1e6:.2f}" if n < L else "",
             f"{1e9 * F[n] / BF[n]:.3g}" if n < L and BF[n] > 0 else "",
@@ -131,14 +137,15 @@ def table(params: dict, runs: list[dict]) -> str:
                             / (s["forward"] + np.array(s["backward_by_prefix"]))
                         )
                     ),
-                    ", ".join(map(str, reachable_prefixes(s["fisher"], s["bwd_saved"]))),
+                    ", ".join(map(str, reachable_prefixes(s["fisher"], s["bwd_saved"], s.get("max_frozen")))),
                     ", ".join(f"{1e9 * f / b:.3g}" for f, b in zip(s["fisher"], s["bwd_saved"])),
                 ]
                 for s in snaps
             ],
         ),
         "",
-        f"At step {last['step']}, freeze all beats freeze nothing when s_b < R* Q_L / G_L = {threshold:.3f}; s_b quantiles 5/25/50/75/95 %: "
+        f"At step {last['step']}, {freeze_all} beats freeze nothing when s_b < R* Q_{sub} / G_{sub} = {threshold:.3f}; "
+        "s_b quantiles 5/25/50/75/95 %: "
         + ", ".join(f"{q:.3g}" for q in np.quantile(sb, [0.05, 0.25, 0.5, 0.75, 0.95]))
         + f"; s_b below the threshold on {100 * np.mean(sb < threshold):.1f}% of the steps; "
         f"{len(frozen)} of {len(steps)} steps frozen (warm-up and unfrozen refresh steps included).",

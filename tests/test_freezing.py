@@ -71,6 +71,24 @@ def test_criterion_follows_fisher_per_flop():
     assert _decide(lazy, COST) == 2
 
 
+def test_without_a_trained_head_the_criterion_chooses_among_prefixes_that_leave_a_block(monkeypatch):
+    from hf_budgetcl.freezing import adaptive
+
+    # BF = [20, 20, 18], C_n = 32 + suffix BF = [90, 70, 50, 32], F = [1, 1, 1e-6]: R* = 2/90. At s_b = 0.55,
+    # BFC_2 = 40 R* - 1.1 < 0 < BFC_3 = 58 R* - 1.1: all three would win, but of 0..2 freezing nothing does.
+    monkeypatch.setattr(adaptive, "batch_informativeness", lambda *a, **k: (0.55, 0.0))
+    no_head = replace(_partition(), head_params=[])
+    policy = AdaptiveFreezingCallback(
+        no_head, AdaptiveFreezingSettings(freeze_warmup_steps=0, fisher_update_every=100)
+    )
+    policy.fisher[:] = [1.0, 1.0, 1e-6]
+    policy.fisher_seen[:] = True
+    assert no_head.max_frozen == 2 and _decide(policy, COST) == 0
+    with_head = AdaptiveFreezingCallback(_partition(), policy.settings)
+    with_head.fisher[:], with_head.fisher_seen[:] = policy.fisher, True
+    assert _decide(with_head, COST) == 3
+
+
 def test_fisher_ema_updates_only_blocks_that_trained():
     part = _partition()
     policy = AdaptiveFreezingCallback(part, AdaptiveFreezingSettings(fisher_ema=0.5))

@@ -330,16 +330,17 @@ def test_batch_informativeness_bias_correction_hand_computed():
 # reachable_prefixes: which n the criterion can choose at all
 
 
-def _chosen_over_all_s_b(F, FF, BF, head_fwd, head_bwd):
+def _chosen_over_all_s_b(F, FF, BF, head_fwd, head_bwd, max_frozen=None):
     """Every n select_frozen_prefix picks, at s_b = 0, beyond every crossing of two BFC lines and between them."""
-    G, Q = np.concatenate([[0], np.cumsum(F)]), np.concatenate([[0], np.cumsum(BF)])
-    I = np.concatenate([np.cumsum(F[::-1])[::-1], [0]])
-    C = np.sum(FF) + head_fwd + head_bwd + np.concatenate([np.cumsum(BF[::-1])[::-1], [0]])
+    top = len(F) if max_frozen is None else max_frozen
+    G, Q = np.concatenate([[0], np.cumsum(F)])[: top + 1], np.concatenate([[0], np.cumsum(BF)])[: top + 1]
+    I = np.concatenate([np.cumsum(F[::-1])[::-1], [0]])[: top + 1]
+    C = np.sum(FF) + head_fwd + head_bwd + np.concatenate([np.cumsum(BF[::-1])[::-1], [0]])[: top + 1]
     r_star = np.max(I / C)
     cross = sorted(r_star * (Q[m] - Q[n]) / (G[m] - G[n]) for n in range(len(G)) for m in range(n) if G[m] != G[n])
     cross = [c for c in cross if c > 0]
     points = [0.0, *cross, *(0.5 * (a + b) for a, b in zip(cross, cross[1:])), 2 * max(cross, default=1.0) + 1]
-    return sorted({select_frozen_prefix(F, FF, BF, s, head_fwd, head_bwd) for s in points})
+    return sorted({select_frozen_prefix(F, FF, BF, s, head_fwd, head_bwd, max_frozen) for s in points})
 
 
 def test_reachable_prefixes_are_exactly_those_the_criterion_picks():
@@ -360,3 +361,24 @@ def test_information_per_flop_falling_with_depth_leaves_all_or_nothing():
     F = BF * np.array([40.0, 7.3, 7.2, 6.2])  # F_j / BF_j falls from block to block
     assert reachable_prefixes(F, BF) == [0, 4]
     assert reachable_prefixes(F[::-1], BF[::-1]) == [0, 1, 2, 3, 4]  # rising: every prefix can win
+
+
+def test_max_frozen_restricts_the_choice_rather_than_clamping_it():
+    # F = [1, 0.01], BF = [1, 1], no block forward, head_fwd 1: C_n = [3, 2, 1], I_n = [1.01, 0.01, 0], R* = 1.01/3.
+    # s_b = 0.5: BFC = [0, R* - 0.5, 2 R* - 0.505] = [0, -0.163, +0.168]. Freezing both blocks wins; when the last
+    # one must train (no head), freezing nothing beats freezing the first, so clamping 2 to 1 would be wrong.
+    args = ([1.0, 0.01], [0.0, 0.0], [1.0, 1.0])
+    assert select_frozen_prefix(*args, 0.5, head_fwd=1.0) == 2
+    assert select_frozen_prefix(*args, 0.5, head_fwd=1.0, max_frozen=1) == 0
+    assert select_frozen_prefix(*args, 0.2, head_fwd=1.0, max_frozen=1) == 1  # BFC_1 = R* - 0.2 = +0.137
+    assert reachable_prefixes(args[0], args[2]) == [0, 2] and reachable_prefixes(args[0], args[2], 1) == [0, 1]
+
+
+def test_reachable_prefixes_under_max_frozen_are_those_the_criterion_picks():
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        L = int(rng.integers(2, 7))
+        F, BF, FF = rng.exponential(1.0, L), rng.exponential(1.0, L), rng.exponential(1.0, L)
+        head_fwd, head_bwd = rng.exponential(1.0, 2)
+        top = int(rng.integers(1, L))
+        assert reachable_prefixes(F, BF, top) == _chosen_over_all_s_b(F, FF, BF, head_fwd, head_bwd, top)

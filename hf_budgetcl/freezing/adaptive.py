@@ -152,8 +152,9 @@ class AdaptiveFreezingCallback(TrainerCallback):
                 s_b,
                 head_fwd=cost.forward,
                 head_bwd=cost.backward_by_prefix[-1],
+                max_frozen=self.blocks.max_frozen - k,
             )
-            n = min(n + k if n else 0, self.blocks.max_frozen)
+            n = n + k if n else 0
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             decision = torch.tensor([n], dtype=torch.long)
             dist.broadcast(decision, src=0)  # rank 0 decides: every rank prunes the same graph

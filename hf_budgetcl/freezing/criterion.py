@@ -32,6 +32,7 @@ def select_frozen_prefix(
     s_b: float,
     head_fwd: float = 0.0,
     head_bwd: float = 0.0,
+    max_frozen: int | None = None,
 ) -> int:
     """Number ``n*`` of leading blocks to freeze for this batch (batch freezing criterion, BFC).
 
@@ -46,6 +47,11 @@ def select_frozen_prefix(
 
     Marginal reading: extending the frozen prefix over block ``j`` pays iff ``s_b F_j < R* BF_j``;
     the argmax is global, not greedy. Values within a relative ``1e-9`` of the maximum count as ties.
+
+    ``max_frozen``: the largest prefix that leaves something to train (``L - 1`` when no head trains, as with LoRA
+    on a decoder); ``n`` and ``R*`` range over ``0..max_frozen`` only. Clamping an unrestricted ``n* = L`` instead
+    would freeze ``L - 1`` blocks on batches where, by the criterion's own score, freezing them loses to freezing
+    nothing.
 
     Guards (never raises on bad numbers, returns 0 = "freeze nothing"): no blocks; any NaN/inf input;
     a negative ``F``, ``FF``, ``BF``, head cost or ``s_b``; ``sum F == 0`` (no Fisher information yet,
@@ -74,11 +80,12 @@ def select_frozen_prefix(
     cost = FF.sum() + head_fwd + head_bwd + suffix_BF  # C_n
     if ((cost <= 0) & (suffix_F > 0)).any():
         return 0
-    ratio = np.divide(suffix_F, cost, out=np.zeros_like(cost), where=cost > 0)
+    top = L if max_frozen is None else min(max(int(max_frozen), 0), L)
+    ratio = np.divide(suffix_F, cost, out=np.zeros_like(cost), where=cost > 0)[: top + 1]
     r_star = float(ratio.max())
 
-    prefix_F = np.concatenate([zero, np.cumsum(F)])
-    prefix_BF = np.concatenate([zero, np.cumsum(BF)])
+    prefix_F = np.concatenate([zero, np.cumsum(F)])[: top + 1]
+    prefix_BF = np.concatenate([zero, np.cumsum(BF)])[: top + 1]
     bfc = r_star * prefix_BF - float(s_b) * prefix_F
     if not np.isfinite(bfc).all():
         return 0
@@ -87,8 +94,11 @@ def select_frozen_prefix(
     return int(np.flatnonzero(bfc >= best - _TIE_RTOL * scale)[0])
 
 
-def reachable_prefixes(fisher: Sequence[float] | np.ndarray, bwd_saved: Sequence[float] | np.ndarray) -> list[int]:
-    """The prefix lengths :func:`select_frozen_prefix` can choose for some batch, i.e. for some ``s_b >= 0``.
+def reachable_prefixes(
+    fisher: Sequence[float] | np.ndarray, bwd_saved: Sequence[float] | np.ndarray, max_frozen: int | None = None
+) -> list[int]:
+    """The prefix lengths :func:`select_frozen_prefix` can choose for some batch, i.e. for some ``s_b >= 0``
+    (with the same ``max_frozen``).
 
     ``BFC_n = R* Q_n - s_b G_n`` with ``Q_n = sum_{i<n} BF_i`` and ``G_n = sum_{i<n} F_i`` is, for each ``n``, a line
     in ``s_b``; ``n*`` is the top line. So ``n`` can win only if ``(G_n, Q_n)`` is a vertex of the upper convex hull
@@ -98,8 +108,9 @@ def reachable_prefixes(fisher: Sequence[float] | np.ndarray, bwd_saved: Sequence
     """
     F = np.asarray(fisher, dtype=np.float64).reshape(-1)
     BF = np.asarray(bwd_saved, dtype=np.float64).reshape(-1)
-    G = np.concatenate([[0.0], np.cumsum(F)])
-    Q = np.concatenate([[0.0], np.cumsum(BF)])
+    top = F.size if max_frozen is None else min(max(int(max_frozen), 0), F.size)
+    G = np.concatenate([[0.0], np.cumsum(F)])[: top + 1]
+    Q = np.concatenate([[0.0], np.cumsum(BF)])[: top + 1]
     # among prefixes losing the same information only the one saving most can win (the smaller n on a tie)
     candidates = [n for n in range(G.size) if not any(G[m] == G[n] and (Q[m], -m) > (Q[n], -n) for m in range(G.size))]
     hull: list[int] = []
