@@ -232,3 +232,11 @@ def test_merge_joins_the_accumulated_parameters_and_compares_the_rest(tmp_path):
     assert params["commands"] == ["a"]
     with pytest.raises(GridError, match="other parameters"):
         publish.merged(raw, {"n": 2, "commands": ["a"]}, [], key, ("commands",))
+
+
+def test_readme_names_only_paths_that_exist():
+    text = (ROOT / "README.md").read_text()
+    paths = set(re.findall(r"`((?:hf_budgetcl|scripts|recipes|docs|tests|model_cards)/[^`\s*<>]+)`", text))
+    assert paths, "the README names no repository paths"
+    missing = sorted(p for p in paths if not (ROOT / p.split("(")[0].rstrip(":")).exists())
+    assert not missing, f"README.md names missing paths: {missing}"
