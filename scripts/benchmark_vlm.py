@@ -30,7 +30,7 @@ from pathlib import Path
 
 from hf_budgetcl.compare import publish
 from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid, variant_dirname, variant_flags
-from hf_budgetcl.compare.summary import group, mean_std, paired_difference
+from hf_budgetcl.compare.summary import group, mean_std, paired, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,20 @@ def declare(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def run_setting(result: dict) -> tuple:
+    """What runs merged into one table must share beyond the command line (the recipe's content may change)."""
+    stream = result["stream"]
+    tasks = sorted(result.get("task_names") or [])
+    return (
+        stream["kind"],
+        stream["length"],
+        result["batch_size"],
+        result["online_iter"],
+        result.get("eval_questions"),
+        tasks,
+    )
+
+
 def mean_frozen_blocks(result: dict) -> float:
     """Mean number of frozen blocks per iteration, from the histogram {n_frozen: iterations}."""
     histogram = {int(k): v for k, v in result["frozen_blocks_histogram"].items()}
@@ -103,9 +117,8 @@ def train_seconds(result: dict) -> float:
 
 def paired_ratio(rs: list[dict], baseline: list[dict] | None, value) -> str:
     """Mean ± std over seeds of value(run) / value(baseline run of the same seed)."""
-    if not baseline or rs is baseline:
-        return "–"
-    return mean_std([value(a) / value(b) for a, b in zip(rs, baseline)], 1, 3)
+    pairs = paired(rs, baseline) if baseline and rs is not baseline else []
+    return mean_std([value(a) / value(b) for a, b in pairs], 1, 3) if pairs else "–"
 
 
 def task_metrics(rs: list[dict], baseline: list[dict] | None) -> list[str]:
@@ -122,7 +135,7 @@ def task_metrics(rs: list[dict], baseline: list[dict] | None) -> list[str]:
 
 
 def table(params: dict, results: list[dict]) -> str:
-    runs = group(results, lambda r: r["label"]["method"])
+    runs = group(sorted(results, key=lambda r: r["seed"]), lambda r: r["label"]["method"])
     first = next(iter(runs.values()))[0]
     seeds = sorted({r["seed"] for r in results})
     commands = params.get("commands") or [params["command"]]  # "command": a table made before --merge existed
@@ -214,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return {**params, "commands": [publish.command(SCRIPT, argv)]}, runs
 
     key = lambda r: (r["label"]["method"], r["seed"])  # noqa: E731
-    return publish.publish(args, SCRIPT, table, produce, key=key, accumulate=("commands",))
+    return publish.publish(args, SCRIPT, table, produce, key=key, accumulate=("commands",), setting=run_setting)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def table(params: dict, runs: list[dict]) -> str:
     cost = last["forward"] + bwd
     top = last.get("max_frozen", L)  # L - 1 when no head trains
     # BFC_top = R* Q_top - s_b G_top > BFC_0 = 0: the s_b under which freezing all it can beats freezing nothing
-    threshold = np.max(inform[: top + 1] / cost[: top + 1]) * (bwd[0] - bwd[top]) / F[:top].sum()
+    lost = F[:top].sum()  # 0 when nothing can be frozen
+    threshold = np.max(inform[: top + 1] / cost[: top + 1]) * (bwd[0] - bwd[top]) / lost if lost > 0 else 0.0
     freeze_all, sub = ("freeze all", "L") if top == L else (f"freezing all {top} freezable blocks", str(top))
     lines = [
         f"`{results['method']}` with `--freeze adaptive` ({settings['mode']}; fisher_ema {settings['fisher_ema']}, "

@@ -232,6 +232,10 @@ def test_merge_joins_the_accumulated_parameters_and_compares_the_rest(tmp_path):
     assert params["commands"] == ["a"]
     with pytest.raises(GridError, match="other parameters"):
         publish.merged(raw, {"n": 2, "commands": ["a"]}, [], key, ("commands",))
+    length = lambda r: r.get("length", 100)  # noqa: E731
+    publish.merged(raw, {"n": 1, "commands": ["a"]}, [{"method": "er", "seed": 2}], key, ("commands",), length)
+    with pytest.raises(GridError, match="differ in their setting"):
+        publish.merged(raw, {"n": 1, "commands": ["a"]}, [{"method": "er", "seed": 2, "length": 9}], key, (), length)
 
 
 def test_readme_names_only_paths_that_exist():
@@ -240,3 +244,12 @@ def test_readme_names_only_paths_that_exist():
     assert paths, "the README names no repository paths"
     missing = sorted(p for p in paths if not (ROOT / p.split("(")[0].rstrip(":")).exists())
     assert not missing, f"README.md names missing paths: {missing}"
+
+
+def test_paired_difference_pairs_runs_by_seed_not_by_position():
+    from hf_budgetcl.compare.summary import paired_difference
+
+    er = [{"seed": 1, "A_auc": 0.5}, {"seed": 2, "A_auc": 0.6}, {"seed": 3, "A_auc": 0.7}]
+    alsar = [{"seed": 3, "A_auc": 0.71}, {"seed": 1, "A_auc": 0.51}]  # seed 2 missing, another order
+    assert paired_difference(alsar, er) == "1.00 ± 0.00"  # by position it would read 21.00 and -9.00
+    assert paired_difference(er, er) == "–" and paired_difference([{"seed": 4, "A_auc": 1.0}], er) == "–"

@@ -339,6 +339,10 @@ def test_card_lists_the_final_accuracy_per_class_by_name_in_stream_order():
     ]
     plain = str(build_model_card(results, None, model_name="m", base_model=None, dataset_name="d"))
     assert "| 2 | 12.50 % |" in plain
+    results["stream"]["params"]["class_order"] = None  # a user's stream JSON: no usable order, ids sorted
+    results["curve"][-1]["per_class"]["concept"] = 0.5  # not a class id: left out
+    odd = str(build_model_card(results, None, model_name="m", base_model=None, dataset_name="d"))
+    assert odd.index("| 0 | 25.00 % |") < odd.index("| 2 | 12.50 % |") and "concept" not in odd
     vlm = build_model_card(
         results, None, model_name="m", base_model=None, dataset_name="d", task_type="image-text-to-text"
     )

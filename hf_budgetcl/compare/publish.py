@@ -98,10 +98,12 @@ def merged(
     runs: list[dict[str, Any]],
     key: Callable[[dict[str, Any]], Any],
     accumulate: tuple[str, ...] = (),
+    setting: Callable[[dict[str, Any]], Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The runs of ``raw`` with those of ``runs`` in their place (matched by ``key``), then the new ones. The
     parameters must match, except the lists named in ``accumulate`` (e.g. the commands that made the runs), which
-    are joined."""
+    are joined; so must ``setting(run)`` of every old and new run (what the command line does not show: a config
+    file's content, e.g. the stream length)."""
     if not raw.exists():
         return params, runs
     old_params, old_runs = read_raw(raw)
@@ -109,6 +111,10 @@ def merged(
     old_fixed = {k: v for k, v in old_params.items() if k not in accumulate}
     if old_fixed != fixed:
         raise GridError(f"--merge: {raw} was made with other parameters ({old_fixed}, now {fixed})")
+    if setting is not None:
+        settings = {repr(setting(r)) for r in (*old_runs, *runs)}
+        if len(settings) > 1:
+            raise GridError(f"--merge: the runs of {raw} and the new ones differ in their setting: {sorted(settings)}")
     joined = {
         k: [*old_params.get(k, []), *(v for v in params[k] if v not in old_params.get(k, []))] for k in accumulate
     }
@@ -124,6 +130,7 @@ def publish(
     produce: Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]],
     key: Callable[[dict[str, Any]], Any] | None = None,
     accumulate: tuple[str, ...] = (),
+    setting: Callable[[dict[str, Any]], Any] | None = None,
 ) -> int:
     """The end of every benchmark script: ``produce()`` the (params, runs), or read them back with ``--table_only``;
     write the raw JSON and the table made from it (with ``--merge``, into the runs already there, matched by
@@ -139,7 +146,7 @@ def publish(
         else:
             params, runs = produce()
             if getattr(args, "merge", False):
-                params, runs = merged(raw, params, runs, key, accumulate)
+                params, runs = merged(raw, params, runs, key, accumulate, setting)
             write_raw(raw, script, params, runs)
     except GridError as err:
         print(f"{script}: error: {err}", file=sys.stderr)

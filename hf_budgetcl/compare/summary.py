@@ -20,15 +20,23 @@ def mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> st
     return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
 
 
+def paired(runs: Sequence[dict], baseline: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """(run, baseline run) of the same seed, for the seeds both have (in ``runs``' order); runs without a seed are
+    paired by position."""
+    if all("seed" in r for r in (*runs, *baseline)):
+        by_seed = {b["seed"]: b for b in baseline}
+        return [(a, by_seed[a["seed"]]) for a in runs if a["seed"] in by_seed]
+    return list(zip(runs, baseline))
+
+
 def paired_difference(
     runs: Sequence[dict], baseline: Sequence[dict] | None, key: str = "A_auc", scale: float = 100.0
 ) -> str:
-    """Mean ± std over seeds of ``run[key] - baseline[key]``, the lists aligned by seed: the seed's stream order and
-    initialisation are shared, so the spread is the method's own, not the seeds'. "–" without a baseline or for the
-    baseline itself."""
-    if not baseline or runs is baseline:
-        return "–"
-    return mean_std([a[key] - b[key] for a, b in zip(runs, baseline)], scale)
+    """Mean ± std over seeds of ``run[key] - baseline[key]``, paired by seed: the seed's stream order and
+    initialisation are shared, so the spread is the method's own, not the seeds'. "–" without a baseline, for the
+    baseline itself, or without a seed in common."""
+    pairs = paired(runs, baseline) if baseline and runs is not baseline else []
+    return mean_std([a[key] - b[key] for a, b in pairs], scale) if pairs else "–"
 
 
 def group(results: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list[dict]]:

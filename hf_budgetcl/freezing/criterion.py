@@ -77,11 +77,12 @@ def select_frozen_prefix(
     zero = np.zeros(1)
     suffix_F = np.concatenate([np.cumsum(F[::-1])[::-1], zero])  # I_n, n = 0..L
     suffix_BF = np.concatenate([np.cumsum(BF[::-1])[::-1], zero])
-    cost = FF.sum() + head_fwd + head_bwd + suffix_BF  # C_n
+    top = L if max_frozen is None else min(max(int(max_frozen), 0), L)
+    suffix_F = suffix_F[: top + 1]
+    cost = (FF.sum() + head_fwd + head_bwd + suffix_BF)[: top + 1]  # C_n
     if ((cost <= 0) & (suffix_F > 0)).any():
         return 0
-    top = L if max_frozen is None else min(max(int(max_frozen), 0), L)
-    ratio = np.divide(suffix_F, cost, out=np.zeros_like(cost), where=cost > 0)[: top + 1]
+    ratio = np.divide(suffix_F, cost, out=np.zeros_like(cost), where=cost > 0)
     r_star = float(ratio.max())
 
     prefix_F = np.concatenate([zero, np.cumsum(F)])[: top + 1]
@@ -108,9 +109,9 @@ def reachable_prefixes(
     """
     F = np.asarray(fisher, dtype=np.float64).reshape(-1)
     BF = np.asarray(bwd_saved, dtype=np.float64).reshape(-1)
-    top = F.size if max_frozen is None else min(max(int(max_frozen), 0), F.size)
-    G = np.concatenate([[0.0], np.cumsum(F)])[: top + 1]
-    Q = np.concatenate([[0.0], np.cumsum(BF)])[: top + 1]
+    last = F.size if max_frozen is None else min(max(int(max_frozen), 0), F.size)
+    G = np.concatenate([[0.0], np.cumsum(F)])[: last + 1]
+    Q = np.concatenate([[0.0], np.cumsum(BF)])[: last + 1]
     # among prefixes losing the same information only the one saving most can win (the smaller n on a tie)
     candidates = [n for n in range(G.size) if not any(G[m] == G[n] and (Q[m], -m) > (Q[n], -n) for m in range(G.size))]
     hull: list[int] = []

@@ -198,10 +198,12 @@ def _class_rows(results: dict[str, Any], class_names: Mapping[int, str] | None) 
     """(class, accuracy) of the last evaluation, in the order the stream brought the classes (the class ids where
     no names are given), or None without per-class accuracies."""
     curve = results.get("curve") or []
-    final = {int(k): v for k, v in (curve[-1].get("per_class") or {}).items()} if curve else {}
+    per_class = (curve[-1].get("per_class") if curve else None) or {}
+    final = {int(k): v for k, v in per_class.items() if str(k).lstrip("-").isdigit()}
     if not final:
         return None
-    order = [c for c in results["stream"].get("params", {}).get("class_order", []) if c in final]
+    class_order = results["stream"].get("params", {}).get("class_order")  # a user's stream JSON may hold anything
+    order = list(dict.fromkeys(c for c in class_order if c in final)) if isinstance(class_order, list) else []
     order += sorted(set(final) - set(order))
     names = class_names or {}
     return [(str(names.get(c, c)).replace("|", "\\|"), _pct(final[c])) for c in order]
