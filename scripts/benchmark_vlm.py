@@ -134,6 +134,20 @@ def task_metrics(rs: list[dict], baseline: list[dict] | None) -> list[str]:
     ]
 
 
+def timing(params: dict, commands: list[str]) -> str:
+    """How far the wall-clock columns can be compared."""
+    if len(commands) == 1:
+        return (
+            f"The runs of one seed ran at the same time, {params['threads']} torch thread each, on a shared machine: "
+            "compare wall-clock times within this table only."
+        )
+    return (
+        f"The runs come from {len(commands)} invocations (below); within one, the methods of a seed ran at the same "
+        f"time, {params['threads']} torch thread each, on a shared machine. A wall-clock ratio between methods of "
+        "different invocations compares different machine loads: read it as a rough figure."
+    )
+
+
 def table(params: dict, results: list[dict]) -> str:
     runs = group(sorted(results, key=lambda r: r["seed"]), lambda r: r["label"]["method"])
     first = next(iter(runs.values()))[0]
@@ -184,8 +198,7 @@ def table(params: dict, results: list[dict]) -> str:
         f"{setting}, batch {first['batch_size']}, online_iter {first['online_iter']}, seeds "
         f"{', '.join(map(str, seeds))}. Majority baseline: always the most frequent training answer of "
         "the seen concepts (per task: of that task). TFLOPs: measured training FLOPs (FlopCounterMode units, 2 per "
-        f"MAC) incl. each method's bookkeeping. The runs of one seed ran at the same time, {params['threads']} torch "
-        "thread each, on a shared machine: compare wall-clock times within this table only.",
+        f"MAC) incl. each method's bookkeeping. {timing(params, commands)}",
         "",
         *markdown_table(HEADER, rows),
     ]
