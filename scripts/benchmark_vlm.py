@@ -229,14 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.output == p.get_default("output"):
         args.output = str(Path(args.work_dir) / f"{name}.md" if args.quick else ROOT / f"docs/results/{name}.md")
 
+    # What must match for --merge; the seeds are the runs' own.
+    params = {"threads": args.threads, "stream": args.stream, "family": args.family, "overrides": args.extra}
+
     def produce() -> tuple[dict, list[dict]]:
+        if args.merge and not args.table_only:  # before anything trains
+            publish.check_mergeable(publish.raw_path(args), params, accumulate=("commands",))
         runs = completed(
             run_grid(
                 declare(args), jobs=2, threads=args.threads, rerun=publish.rerun_arg(args), env=OFFLINE_ENV, cwd=ROOT
             )
         )
-        # What must match for --merge; the seeds are the runs' own.
-        params = {"threads": args.threads, "stream": args.stream, "family": args.family, "overrides": args.extra}
         return {**params, "commands": [publish.command(SCRIPT, argv)]}, runs
 
     key = lambda r: (r["label"]["method"], r["seed"])  # noqa: E731

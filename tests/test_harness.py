@@ -92,6 +92,16 @@ def test_a_benchmark_script_with_an_invalid_grid_runs_nothing(tmp_path):
     assert not work.exists()
 
 
+def test_a_merge_into_a_table_of_other_parameters_fails_before_anything_runs(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "t.md"
+    params = {"threads": 2, "stream": "mcit", "family": "llava", "overrides": [], "commands": ["x"]}
+    publish.write_raw(out.with_suffix(".json"), "scripts/benchmark_vlm.py", params, [])
+    cmd = [sys.executable, "scripts/benchmark_vlm.py", "--merge", "--work_dir", str(work), "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "other parameters" in proc.stderr.strip().splitlines()[-1]
+    assert not work.exists() and not out.exists()
+
+
 def test_a_finished_run_is_reused_with_the_same_arguments(tmp_path, count_subprocesses):
     args = ["--config", DIGITS, "--method", "er", "--seed", "1", *TINY]
     run = Run(tmp_path / "er", args, {"method": "er"})

@@ -92,6 +92,18 @@ def command(script: str, argv: list[str] | None = None) -> str:
     return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
+def check_mergeable(raw: Path, params: dict[str, Any], accumulate: tuple[str, ...] = ()) -> None:
+    """Raise :class:`GridError` when ``raw`` exists and was made with other parameters (all but ``accumulate``):
+    for a script to call before its grid runs, so that a ``--merge`` that cannot succeed fails at once."""
+    if not raw.exists():
+        return
+    old_params, _ = read_raw(raw)
+    fixed = {k: v for k, v in params.items() if k not in accumulate}
+    old_fixed = {k: v for k, v in old_params.items() if k not in accumulate}
+    if old_fixed != fixed:
+        raise GridError(f"--merge: {raw} was made with other parameters ({old_fixed}, now {fixed})")
+
+
 def merged(
     raw: Path,
     params: dict[str, Any],
@@ -106,11 +118,8 @@ def merged(
     file's content, e.g. the stream length)."""
     if not raw.exists():
         return params, runs
+    check_mergeable(raw, params, accumulate)
     old_params, old_runs = read_raw(raw)
-    fixed = {k: v for k, v in params.items() if k not in accumulate}
-    old_fixed = {k: v for k, v in old_params.items() if k not in accumulate}
-    if old_fixed != fixed:
-        raise GridError(f"--merge: {raw} was made with other parameters ({old_fixed}, now {fixed})")
     if setting is not None:
         settings = {repr(setting(r)) for r in (*old_runs, *runs)}
         if len(settings) > 1:
