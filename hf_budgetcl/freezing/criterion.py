@@ -25,6 +25,11 @@ __all__ = [
 _TIE_RTOL = 1e-9
 
 
+def _largest_prefix(max_frozen: int | None, n_blocks: int) -> int:
+    """The largest prefix length the criterion may choose: ``max_frozen`` within 0..n_blocks (None: all)."""
+    return n_blocks if max_frozen is None else min(max(int(max_frozen), 0), n_blocks)
+
+
 def select_frozen_prefix(
     fisher: Sequence[float] | np.ndarray,
     fwd_flops: Sequence[float] | np.ndarray,
@@ -77,7 +82,7 @@ def select_frozen_prefix(
     zero = np.zeros(1)
     suffix_F = np.concatenate([np.cumsum(F[::-1])[::-1], zero])  # I_n, n = 0..L
     suffix_BF = np.concatenate([np.cumsum(BF[::-1])[::-1], zero])
-    top = L if max_frozen is None else min(max(int(max_frozen), 0), L)
+    top = _largest_prefix(max_frozen, L)
     suffix_F = suffix_F[: top + 1]
     cost = (FF.sum() + head_fwd + head_bwd + suffix_BF)[: top + 1]  # C_n
     if ((cost <= 0) & (suffix_F > 0)).any():
@@ -109,7 +114,7 @@ def reachable_prefixes(
     """
     F = np.asarray(fisher, dtype=np.float64).reshape(-1)
     BF = np.asarray(bwd_saved, dtype=np.float64).reshape(-1)
-    last = F.size if max_frozen is None else min(max(int(max_frozen), 0), F.size)
+    last = _largest_prefix(max_frozen, F.size)
     G = np.concatenate([[0.0], np.cumsum(F)])[: last + 1]
     Q = np.concatenate([[0.0], np.cumsum(BF)])[: last + 1]
     # among prefixes losing the same information only the one saving most can win (the smaller n on a tie)
