@@ -15,9 +15,9 @@ from .methods.options import build_options
 from .methods.sar import SAROptions
 from .stream.orders import STREAM_KINDS
 from .utils.errors import ConfigError
+from .utils.mirrored_field import mirrored_field
 from .utils.validation import check_numbers
 
-AL, SAR = AdaptiveFreezingSettings(), SAROptions()
 # The range of every number that has one (NaN and inf are refused for every float field, see utils.validation).
 _RANGES = {
     "fisher_ema": "(0, 1]",
@@ -88,19 +88,10 @@ class BudgetedCLConfig(TrainingArguments):
             "not know is an error."
         },
     )
-    fisher_ema: float = field(
-        default=AL.fisher_ema, metadata={"help": "aL: EMA ratio of the per-block Fisher traces."}
-    )
-    informativeness_ema: float = field(
-        default=AL.informativeness_ema, metadata={"help": "aL: EMA ratio of the batch informativeness."}
-    )
-    fisher_update_every: int = field(
-        default=AL.fisher_update_every,
-        metadata={"help": "aL: every this many steps nothing is frozen, refreshing every Fisher trace."},
-    )
-    freeze_warmup_steps: int = field(
-        default=AL.freeze_warmup_steps, metadata={"help": "aL: steps without freezing at the start."}
-    )
+    fisher_ema: float = mirrored_field(AdaptiveFreezingSettings, "fisher_ema", "aL")
+    informativeness_ema: float = mirrored_field(AdaptiveFreezingSettings, "informativeness_ema", "aL")
+    fisher_update_every: int = mirrored_field(AdaptiveFreezingSettings, "fisher_update_every", "aL")
+    freeze_warmup_steps: int = mirrored_field(AdaptiveFreezingSettings, "freeze_warmup_steps", "aL")
     freeze_preset: str = field(
         default="default",
         metadata={
@@ -111,26 +102,13 @@ class BudgetedCLConfig(TrainingArguments):
     )
     lisa_interval: int = field(default=20, metadata={"help": "LISA: steps between two draws of the active blocks."})
     # SAR's options as config fields too (--sar_temperature ...); method_options=... takes precedence.
-    sar_temperature: float = field(default=SAR.sar_temperature, metadata={"help": "SAR: retrieval temperature T."})
-    sar_decay_k: float = field(
-        default=SAR.sar_decay_k, metadata={"help": "SAR: use counts decay by 1 - B / (k |M|) per iteration."}
-    )
-    sar_warmup_samples: int = field(
-        default=SAR.sar_warmup_samples, metadata={"help": "SAR: class-balanced retrieval before this many arrivals."}
-    )
-    sar_scale_by_memory: bool = field(
-        default=SAR.sar_scale_by_memory, metadata={"help": "SAR: use max(0, c_hat / |M|) as the official code."}
-    )
-    similarity_ema: float = field(
-        default=SAR.similarity_ema, metadata={"help": "SAR: EMA ratio of the class gradient statistics."}
-    )
-    similarity_coords: int = field(
-        default=SAR.similarity_coords, metadata={"help": "SAR: fixed random head-gradient coordinates per sample."}
-    )
-    similarity_features: str = field(
-        default=SAR.similarity_features,
-        metadata={"help": "SAR: class-similarity features, head | conv (the authors' conv2 coordinates; CNNs)."},
-    )
+    sar_temperature: float = mirrored_field(SAROptions, "sar_temperature", "SAR")
+    sar_decay_k: float = mirrored_field(SAROptions, "sar_decay_k", "SAR")
+    sar_warmup_samples: int = mirrored_field(SAROptions, "sar_warmup_samples", "SAR")
+    sar_scale_by_memory: bool = mirrored_field(SAROptions, "sar_scale_by_memory", "SAR")
+    similarity_ema: float = mirrored_field(SAROptions, "similarity_ema", "SAR")
+    similarity_coords: int = mirrored_field(SAROptions, "similarity_coords", "SAR")
+    similarity_features: str = mirrored_field(SAROptions, "similarity_features", "SAR")
     stream: str = field(default="disjoint", metadata={"help": f"Arrival order: {', '.join(STREAM_KINDS)}."})
     stream_file: str | None = field(default=None, metadata={"help": "JSON arrival order to import instead."})
     n_tasks: int = field(default=5, metadata={"help": "Tasks of disjoint / si_blurry streams."})

@@ -20,12 +20,14 @@ FAST += ["--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "10
 
 def test_vlm_card_and_adapter_config_name_the_base_the_user_gave(tmp_path):
     pytest.importorskip("easy_vqa")
-    from hf_budgetcl.models.tiny_vlm import build_tiny_llava
+    from hf_budgetcl.models.tiny_vlm import TinyVLMSize, build_tiny_llava
     from hf_budgetcl.runs.vlm_instruction_stream import run
     from tests.test_vlm_recipe import LLAVA_CONFIG, TINY
 
     FEWER = ["--max_train_questions", "16", "--max_test_questions", "8", "--method", "er", "--eval_period", "16"]
-    base = build_tiny_llava(tmp_path / "my_base", ["what shape", "circle", "yes"], lm_hidden=32, lm_layers=2)
+    base = build_tiny_llava(
+        tmp_path / "my_base", ["what shape", "circle", "yes"], size=TinyVLMSize(lm_hidden=32, lm_layers=2)
+    )
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -101,10 +101,12 @@ def _model_parser():
 
 @pytest.fixture(scope="module")
 def tiny_llava_dir(tmp_path_factory):
-    from hf_budgetcl.models.tiny_vlm import build_tiny_llava
+    from hf_budgetcl.models.tiny_vlm import TinyVLMSize, build_tiny_llava
 
     path = tmp_path_factory.mktemp("llava") / "base"
-    return build_tiny_llava(path, ["what shape is it", "circle", "red"], lm_hidden=32, lm_layers=2, vision_layers=1)
+    return build_tiny_llava(
+        path, ["what shape is it", "circle", "red"], size=TinyVLMSize(lm_hidden=32, lm_layers=2, vision_layers=1)
+    )
 
 
 def test_vlm_recipe_fields_build_peft_lora_config_and_reach_the_loaded_model(tiny_llava_dir):

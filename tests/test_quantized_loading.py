@@ -70,9 +70,11 @@ def test_without_a_gpu_the_kbit_base_goes_to_the_cpu(monkeypatch):
 
 def test_4bit_on_cpu_loads_with_the_compute_dtype_that_follows_torch_dtype(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from hf_budgetcl.models.tiny_vlm import build_tiny_llava, load_vlm
+    from hf_budgetcl.models.tiny_vlm import TinyVLMSize, build_tiny_llava, load_vlm
 
-    path = build_tiny_llava(tmp_path / "base", ["what colour", "red"], lm_hidden=32, lm_layers=2, vision_layers=1)
+    path = build_tiny_llava(
+        tmp_path / "base", ["what colour", "red"], size=TinyVLMSize(lm_hidden=32, lm_layers=2, vision_layers=1)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, _ = load_vlm(path, quantization="4bit", dtype="bfloat16")

@@ -37,7 +37,7 @@ from ..utils.errors import ConfigError
 from .idx import FASHION_MNIST_LABELS
 from .rendered_words import WORDS, draw_word, sample_renderings
 from .vqa import _ANSWER_TYPE as ANSWER_TYPE
-from .vqa import EASY_VQA_ANSWERS, _features
+from .vqa import EASY_VQA_ANSWERS, vqa_features
 
 Columns = dict[str, list[Any]]  # image (PIL), question, answer
 Builder = Callable[[int, int, int, np.random.Generator], tuple[Columns, Columns]]
@@ -239,5 +239,5 @@ def build_instruction_tasks(
             n = len(columns["answer"])
             for key, values in (*columns.items(), ("concept", [name] * n), ("label", [label] * n)):
                 part.setdefault(key, []).extend(values)
-    features = _features(names)
+    features = vqa_features(names)
     return tuple(datasets.Dataset.from_dict(part, features=features) for part in splits)  # type: ignore[return-value]

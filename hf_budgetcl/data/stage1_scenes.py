@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..utils.errors import ConfigError
 from .english_words import is_english_word
+from .vqa import vqa_features
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -230,18 +231,6 @@ def scene_question(scene: Scene, qtype: str, rng: np.random.Generator) -> tuple[
     raise ConfigError(f"question type must be one of {QUESTION_TYPES}, got {qtype!r}")
 
 
-def _features() -> datasets.Features:
-    return datasets.Features(
-        {
-            "image": datasets.Image(),
-            "question": datasets.Value("string"),
-            "answer": datasets.Value("string"),
-            "concept": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=list(QUESTION_TYPES)),
-        }
-    )
-
-
 def stage1_scenes(
     n_images: int,
     split: str = "train",
@@ -289,7 +278,7 @@ def stage1_scenes(
             rows["answer"].append(answer)
             rows["concept"].append(qtype)
             rows["label"].append(QUESTION_TYPES.index(qtype))
-    return datasets.Dataset.from_dict(rows, features=_features())
+    return datasets.Dataset.from_dict(rows, features=vqa_features(QUESTION_TYPES))
 
 
 # The attribute targets of the vision-tower pretraining: one categorical per entry, index 0 meaning "none".

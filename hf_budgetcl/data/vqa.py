@@ -36,7 +36,8 @@ def easy_vqa_concepts(concepts: str = "answer_type") -> tuple[str, ...]:
     raise ConfigError(f"concepts must be 'answer_type' or 'answer', got {concepts!r}")
 
 
-def _features(names: Sequence[str]) -> datasets.Features:
+def vqa_features(names: Sequence[str]) -> datasets.Features:
+    """The columns of every VQA dataset here: image, question, answer, concept, and the concept as a label."""
     return datasets.Features(
         {
             "image": datasets.Image(),
@@ -78,7 +79,7 @@ def load_easy_vqa(
         "concept": concept,
         "label": [index[c] for c in concept],
     }
-    return datasets.Dataset.from_dict(data, features=_features(names))
+    return datasets.Dataset.from_dict(data, features=vqa_features(names))
 
 
 def load_vqa_dataset(
@@ -126,7 +127,7 @@ def load_vqa_dataset(
         lambda q, a, c: {"question": str(q), "answer": str(a), "concept": str(c), "label": index[str(c)]},
         input_columns=["question", "answer", "concept"],
     )
-    ds = ds.cast(_features(names))
+    ds = ds.cast(vqa_features(names))
     return ds, names
 
 

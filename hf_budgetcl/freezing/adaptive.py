@@ -14,7 +14,7 @@ rank 0 decides and broadcasts, so every rank freezes the same prefix.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,10 +37,12 @@ from .criterion import (
 class AdaptiveFreezingSettings:
     """aL's settings; the config's fields of the same names take their defaults from here."""
 
-    fisher_ema: float = 0.01  # EMA ratio of the per-block Fisher traces
-    informativeness_ema: float = 0.01  # EMA ratio of the batch informativeness
-    fisher_update_every: int = 4  # every this many steps nothing is frozen, refreshing every Fisher trace
-    freeze_warmup_steps: int = 50  # steps without freezing at the start
+    fisher_ema: float = field(default=0.01, metadata={"help": "EMA ratio of the per-block Fisher traces."})
+    informativeness_ema: float = field(default=0.01, metadata={"help": "EMA ratio of the batch informativeness."})
+    fisher_update_every: int = field(
+        default=4, metadata={"help": "Every this many steps nothing is frozen, refreshing every Fisher trace."}
+    )
+    freeze_warmup_steps: int = field(default=50, metadata={"help": "Steps without freezing at the start."})
     # > 0: instead of every fisher_update_every-th step, each step is left unfrozen with this probability (a seeded,
     # checkpointed coin), as the authors' launcher does with 0.5
     unfreeze_probability: float = 0.0

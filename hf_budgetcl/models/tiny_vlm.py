@@ -45,6 +45,7 @@ from transformers.utils import find_adapter_config_file
 
 from ..data.vlm_collator import Qwen2VLPadExpandingProcessor
 from ..utils.errors import ConfigError
+from .tiny_vlm_size import TinyVLMSize
 
 BASE_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<image>")
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
@@ -102,65 +103,57 @@ def train_bpe_tokenizer(
     )
 
 
-def _lm_config(tok: PreTrainedTokenizerFast, lm_hidden: int, lm_layers: int, init_std: float) -> dict[str, Any]:
-    heads = max(lm_hidden // 16, 1)
+def _lm_config(tok: PreTrainedTokenizerFast, size: TinyVLMSize) -> dict[str, Any]:
+    heads = max(size.lm_hidden // 16, 1)
     return dict(
         vocab_size=len(tok),
-        hidden_size=lm_hidden,
-        intermediate_size=2 * lm_hidden,
-        num_hidden_layers=lm_layers,
+        hidden_size=size.lm_hidden,
+        intermediate_size=2 * size.lm_hidden,
+        num_hidden_layers=size.lm_layers,
         num_attention_heads=heads,
         num_key_value_heads=max(heads // 2, 1),
         max_position_embeddings=512,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        initializer_range=init_std,
+        initializer_range=size.init_std,
     )
 
 
 def make_tiny_llava(
-    corpus: Iterable[str],
-    image_size: int = 32,
-    patch_size: int = 8,
-    lm_hidden: int = 64,
-    lm_layers: int = 4,
-    vision_layers: int = 2,
-    vision_feature_layer: int = -1,
-    vocab_size: int = 512,
-    init_std: float = 0.02,
-    seed: int = 0,
+    corpus: Iterable[str], size: TinyVLMSize | None = None, vision_feature_layer: int = -1, seed: int = 0
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A random-weight LLaVA (CLIP + Llama, ~0.3 M parameters by default) and its processor, in memory.
 
     The tokenizer is a byte-level BPE trained on ``corpus``. ``vision_feature_layer=-1`` (not LLaVA's default -2)
     so the last vision layer is used and gets gradients. Image tokens per image = (image_size / patch_size)².
-    ``init_std``: std of the random weights (``initializer_range``). With the usual 0.02 a 64-wide frozen head
+    ``size.init_std``: std of the random weights (``initializer_range``). With the usual 0.02 a 64-wide frozen head
     yields logits within about ±1, so LoRA over a frozen random base cannot express an answer; ~0.2 can.
     """
-    tok = train_bpe_tokenizer([*corpus, "USER: ASSISTANT:"], vocab_size=vocab_size)
+    size = size or TinyVLMSize()
+    tok = train_bpe_tokenizer([*corpus, "USER: ASSISTANT:"], vocab_size=size.vocab_size)
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+            size={"shortest_edge": size.image_size}, crop_size={"height": size.image_size, "width": size.image_size}
         ),
         tokenizer=tok,
-        patch_size=patch_size,
+        patch_size=size.patch_size,
         vision_feature_select_strategy="default",
         image_token="<image>",
         num_additional_image_tokens=1,  # CLIP's CLS, dropped by the "default" strategy
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    vision_hidden = lm_hidden
+    vision_hidden = size.lm_hidden
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=vision_hidden,
             intermediate_size=2 * vision_hidden,
-            num_hidden_layers=vision_layers,
+            num_hidden_layers=size.vision_layers,
             num_attention_heads=max(vision_hidden // 16, 1),
-            image_size=image_size,
-            patch_size=patch_size,
+            image_size=size.image_size,
+            patch_size=size.patch_size,
         ),
-        text_config=LlamaConfig(**_lm_config(tok, lm_hidden, lm_layers, init_std)),
+        text_config=LlamaConfig(**_lm_config(tok, size)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=vision_feature_layer,
@@ -178,16 +171,7 @@ def build_tiny_llava(save_dir: str | os.PathLike, corpus: Iterable[str], **kwarg
 
 
 def make_tiny_qwen2vl(
-    corpus: Iterable[str],
-    image_size: int = 32,
-    patch_size: int = 8,
-    lm_hidden: int = 64,
-    lm_layers: int = 4,
-    vision_layers: int = 2,
-    vision_hidden: int = 32,
-    vocab_size: int = 512,
-    init_std: float = 0.02,
-    seed: int = 0,
+    corpus: Iterable[str], size: TinyVLMSize | None = None, vision_hidden: int = 32, seed: int = 0
 ) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLPadExpandingProcessor]:
     """A random-weight Qwen2-VL (~0.25 M parameters by default) and its torchvision-free processor, in memory.
 
@@ -195,23 +179,26 @@ def make_tiny_qwen2vl(
     (image_size / patch_size)² patches and a quarter as many ``<|image_pad|>`` tokens after the 2×2 merge.
     ``init_std`` as in :func:`make_tiny_llava`.
     """
+    size = size or TinyVLMSize()
     merge = 2
-    if image_size % (patch_size * merge):
-        raise ConfigError(f"image_size {image_size} must be a multiple of 2 * patch_size = {patch_size * merge}")
+    if size.image_size % (size.patch_size * merge):
+        raise ConfigError(
+            f"image_size {size.image_size} must be a multiple of 2 * patch_size = {size.patch_size * merge}"
+        )
     tok = train_bpe_tokenizer(
-        [*corpus, "user assistant"], vocab_size=vocab_size, extra_special_tokens=QWEN_SPECIAL_TOKENS
+        [*corpus, "user assistant"], vocab_size=size.vocab_size, extra_special_tokens=QWEN_SPECIAL_TOKENS
     )
     tok.eos_token = "<|im_end|>"  # end of turn = end of generation
     tok.chat_template = QWEN2VL_CHAT_TEMPLATE
-    pixels = image_size * image_size
+    pixels = size.image_size * size.image_size
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": pixels, "longest_edge": pixels},
-        patch_size=patch_size,
+        patch_size=size.patch_size,
         temporal_patch_size=2,
         merge_size=merge,
     )
-    text = _lm_config(tok, lm_hidden, lm_layers, init_std)
-    head_dim = lm_hidden // text["num_attention_heads"]
+    text = _lm_config(tok, size)
+    head_dim = size.lm_hidden // text["num_attention_heads"]
     # M-RoPE splits head_dim / 2 rotary frequencies into (temporal, height, width) sections.
     quarter = head_dim // 2 // 4
     text["rope_parameters"] = dict(
@@ -221,12 +208,12 @@ def make_tiny_qwen2vl(
     config = Qwen2VLConfig(
         text_config=text,
         vision_config=dict(
-            depth=vision_layers,
+            depth=size.vision_layers,
             embed_dim=vision_hidden,
-            hidden_size=lm_hidden,
+            hidden_size=size.lm_hidden,
             num_heads=max(vision_hidden // 16, 1),
             mlp_ratio=2,
-            patch_size=patch_size,
+            patch_size=size.patch_size,
             spatial_merge_size=merge,
             temporal_patch_size=2,
         ),
@@ -251,14 +238,6 @@ def build_tiny_qwen2vl(save_dir: str | os.PathLike, corpus: Iterable[str], **kwa
 
 
 TINY_FAMILIES = {"llava": make_tiny_llava, "qwen2vl": make_tiny_qwen2vl}
-#: The size arguments both builders take (Qwen2-VL also takes ``vision_hidden``).
-SIZE_FIELDS = ("image_size", "patch_size", "lm_hidden", "lm_layers", "vision_layers", "vocab_size", "init_std")
-
-
-def size_kwargs(source: Any, prefix: str = "") -> dict[str, Any]:
-    """The builders' size arguments read from ``source``'s attributes ``<prefix><field>`` (a build config, or the
-    recipe's ``tiny_*`` model arguments)."""
-    return {name: getattr(source, prefix + name) for name in SIZE_FIELDS}
 
 
 def make_tiny_vlm(family: str, corpus: Iterable[str], **kwargs: Any) -> tuple[PreTrainedModel, Any]:

@@ -25,8 +25,10 @@ from typing import ClassVar
 import numpy as np
 
 from ..config import BudgetedCLConfig
+from ..models.tiny_vlm_size import TinyVLMSize
 from ..stream.orders import StreamOrder, build_stream
 from ..utils.errors import ConfigError
+from ..utils.mirrored_field import mirrored_field
 from ..utils.validation import check_numbers
 from .arguments import ConfigParser
 
@@ -42,16 +44,10 @@ class ModelArguments:
     RANGES: ClassVar[dict[str, str]] = {
         "lora_r": ">= 0",
         "lora_dropout": "[0, 1)",
-        "tiny_init_std": "> 0",
         "lora_alpha": ">= 1",
         "max_new_tokens": ">= 1",
         "max_length": ">= 1",
-        "tiny_lm_hidden": ">= 1",
-        "tiny_lm_layers": ">= 1",
-        "tiny_vision_layers": ">= 1",
-        "tiny_image_size": ">= 1",
-        "tiny_patch_size": ">= 1",
-        "tiny_vocab_size": ">= 1",
+        **{f"tiny_{name}": rule for name, rule in TinyVLMSize.RANGES.items()},
     }
     model_name_or_path: str = field(
         default="stage1_llava",
@@ -100,12 +96,12 @@ class ModelArguments:
     )
     max_new_tokens: int = field(default=8, metadata={"help": "Generated tokens per answer at evaluation."})
     max_length: int | None = field(default=None, metadata={"help": "Cut training sequences to this many tokens."})
-    tiny_lm_hidden: int = field(default=64, metadata={"help": "Tiny model: decoder width."})
-    tiny_lm_layers: int = field(default=4, metadata={"help": "Tiny model: decoder blocks."})
-    tiny_vision_layers: int = field(default=2, metadata={"help": "Tiny model: vision-encoder layers."})
-    tiny_image_size: int = field(default=32, metadata={"help": "Tiny model: input image side in pixels."})
-    tiny_patch_size: int = field(default=8, metadata={"help": "Tiny model: vision patch side in pixels."})
-    tiny_vocab_size: int = field(default=512, metadata={"help": "Tiny model: BPE vocabulary cap."})
+    tiny_lm_hidden: int = mirrored_field(TinyVLMSize, "lm_hidden", "Tiny model")
+    tiny_lm_layers: int = mirrored_field(TinyVLMSize, "lm_layers", "Tiny model")
+    tiny_vision_layers: int = mirrored_field(TinyVLMSize, "vision_layers", "Tiny model")
+    tiny_image_size: int = mirrored_field(TinyVLMSize, "image_size", "Tiny model")
+    tiny_patch_size: int = mirrored_field(TinyVLMSize, "patch_size", "Tiny model")
+    tiny_vocab_size: int = mirrored_field(TinyVLMSize, "vocab_size", "Tiny model")
     tiny_init_std: float = field(
         default=0.2,
         metadata={
@@ -297,11 +293,11 @@ def build_base_model(model_args: ModelArguments, train, output_dir: str, build: 
     path = os.path.abspath(os.path.join(output_dir, "base_model"))
     if not build:
         return path
-    from ..models.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl, size_kwargs
+    from ..models.tiny_vlm import build_tiny_llava, build_tiny_qwen2vl
 
     corpus = sorted(set(train["question"])) + sorted(set(train["answer"]))
     builder = build_tiny_llava if name == "tiny_llava" else build_tiny_qwen2vl
-    return builder(path, corpus, **size_kwargs(model_args, prefix="tiny_"), seed=seed)
+    return builder(path, corpus, size=TinyVLMSize.read(model_args, prefix="tiny_"), seed=seed)
 
 
 def prepare_model(model_args: ModelArguments, base_path: str):

@@ -191,7 +191,7 @@ def build_pretrained_base(family: str, size: str, save_dir: str, seed: int = 0) 
     from ..data.english_words import english_words
     from ..data.stage1_scenes import stage1_corpus, stage1_scenes
     from ..data.vlm_collator import VLMInstructionCollator
-    from ..models.tiny_vlm import make_tiny_vlm, save_vlm, size_kwargs
+    from ..models.tiny_vlm import TinyVLMSize, make_tiny_vlm, save_vlm
 
     config = build_config(family, size, seed)
     cfg = SIZES[size]
@@ -207,7 +207,7 @@ def build_pretrained_base(family: str, size: str, save_dir: str, seed: int = 0) 
             **data,
         )
         test = stage1_scenes(cfg.eval_images, "test", questions_per_image=None, **data)
-        arch = {**size_kwargs(cfg), "seed": seed}
+        arch = {"size": TinyVLMSize.read(cfg), "seed": seed}
         if family == "qwen2vl":
             arch["vision_hidden"] = cfg.vision_hidden
         # A leading space, as words stand inside a sentence: the byte-level BPE then learns "Ġword" merges.
