@@ -32,7 +32,7 @@ import numpy as np
 
 from hf_budgetcl.compare import publish
 from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid
-from hf_budgetcl.compare.summary import group, mean_std
+from hf_budgetcl.compare.summary import group, mean_std, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,11 +180,27 @@ def declare(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def anytime_accuracies(run: dict) -> list[float]:
+    """The anytime curve as plain numbers (the plain loop stores floats, hf_budgetcl runs dicts)."""
+    return [p["accuracy"] if isinstance(p, dict) else p for p in run["curve"]]
+
+
+def largest_drop_within_a_task(run: dict, task_samples: int, eval_period: int = 500) -> float:
+    """The largest fall of anytime accuracy between two consecutive evaluations of the same task (the same classes
+    seen): the swing a checkpoint published at that moment would show. A task switch's drop is not counted."""
+    acc = anytime_accuracies(run)
+    task = [(eval_period * (k + 1) - 1) // task_samples for k in range(len(acc))]
+    drops = [acc[k - 1] - acc[k] for k in range(1, len(acc)) if task[k] == task[k - 1]]
+    return max([0.0, *drops])
+
+
 def table(params: dict, runs: list[dict]) -> str:
-    plain = [r for r in runs if r["method"] == "plain"]
+    by_method = group(runs, lambda r: r["method"])
+    plain = by_method.get("plain", [])
     plain_speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in plain])
+    task_samples = 2 * params["per_class_train"]  # FM-D5: 2 classes a task
     rows = []
-    for method, rs in group(runs, lambda r: r["method"]).items():
+    for method, rs in by_method.items():
         speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in rs])
         flops = f"{np.mean([r['train_flops'] for r in rs]) / 1e12:.2f}" if "train_flops" in rs[0] else "–"
         saved = (
@@ -199,6 +215,10 @@ def table(params: dict, runs: list[dict]) -> str:
                 ",".join(str(r["seed"]) for r in rs),
                 mean_std([100 * r["A_auc"] for r in rs]),
                 mean_std([100 * r["A_last"] for r in rs]),
+                f"{paired_difference(rs, plain, 'A_auc')} / {paired_difference(rs, plain, 'A_last')}",
+                f"{paired_difference(rs, by_method.get('er'), 'A_auc')} / "
+                f"{paired_difference(rs, by_method.get('er'), 'A_last')}",
+                mean_std([100 * largest_drop_within_a_task(r, task_samples) for r in rs]),
                 f"{speed:.1f}",
                 f"{speed / plain_speed:.2f}×",
                 flops,
@@ -206,14 +226,18 @@ def table(params: dict, runs: list[dict]) -> str:
                 f"{np.mean([r['wall_time_s'] for r in rs]):.0f}",
             ]
         )
+    init = f" Conv init: {params['conv_init']}." if "conv_init" in params else ""
     lines = [
         f"FM-D5, seeds {','.join(map(str, sorted({r['seed'] for r in runs})))}, {params['per_class_train']} train / {params['per_class_test']} test images "
         f"per class, {params['jobs']} runs at a time on the 2-core CPU (plus whatever else the machine runs), 1 torch "
-        "thread each.",
+        f"thread each.{init}",
         "",
         *markdown_table(HEADER, rows),
         "",
-        "Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop.",
+        "Paired differences: mean ± std over the seeds both rows have, of the row minus the plain loop, or minus "
+        "`er`, in points (A_AUC / A_last). Largest drop within a task: the largest fall of anytime accuracy between "
+        "two consecutive evaluations (500 samples apart) with the same classes seen, in points, mean ± std over "
+        "seeds. Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -223,6 +247,9 @@ HEADER = [
     "seeds",
     "A_AUC",
     "A_last",
+    "Δ vs plain loop, paired (A_AUC / A_last)",
+    "Δ vs er, paired (A_AUC / A_last)",
+    "largest drop within a task",
     "training samples/s",
     "vs plain loop",
     "train TFLOPs",
@@ -260,7 +287,10 @@ def main() -> int:
                 reuse_unrecorded=True,
             )
         )
-        return {k: getattr(args, k) for k in ("per_class_train", "per_class_test", "jobs")}, runs
+        from hf_budgetcl.models.cifar_resnet import CifarResNetConfig  # the preset's init, which the runs use
+
+        params = {k: getattr(args, k) for k in ("per_class_train", "per_class_test", "jobs")}
+        return {**params, "conv_init": CifarResNetConfig().conv_init}, runs
 
     return publish.publish(args, SCRIPT, table, produce, key=lambda r: (r["method"], r["seed"]))
 

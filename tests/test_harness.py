@@ -92,6 +92,22 @@ def test_a_benchmark_script_with_an_invalid_grid_runs_nothing(tmp_path):
     assert not work.exists()
 
 
+def test_table_only_without_raw_results_is_a_one_line_error(tmp_path):
+    out = tmp_path / "table.md"
+    proc = subprocess.run(
+        [sys.executable, "scripts/benchmark_fmd5.py", "--table_only", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        == f"scripts/benchmark_fmd5.py: error: --table_only: no raw results at {out.with_suffix('.json')} (give --raw, or run the grid first)"
+    )
+    assert not out.exists()
+
+
 def test_a_merge_into_a_table_of_other_parameters_fails_before_anything_runs(tmp_path):
     work, out = tmp_path / "work", tmp_path / "t.md"
     params = {"threads": 2, "stream": "mcit", "family": "llava", "overrides": [], "commands": ["x"]}

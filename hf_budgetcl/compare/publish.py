@@ -151,6 +151,8 @@ def publish(
             return 0
         raw = raw_path(args)
         if args.table_only:
+            if not raw.exists():
+                raise GridError(f"--table_only: no raw results at {raw} (give --raw, or run the grid first)")
             params, runs = read_raw(raw)
         else:
             params, runs = produce()
