@@ -112,3 +112,21 @@ def test_torch_dtype_typo_is_a_one_line_error_naming_the_field():
         ConfigError, match="^torch_dtype: expected one of auto, bfloat16, float16, float32, got 'bf16'$"
     ):
         run(["--torch_dtype", "bf16"])
+
+
+def test_every_example_in_the_readmes_image_recipe_table_parses(tmp_path):
+    import re
+    from pathlib import Path
+
+    from hf_budgetcl.runs.image_classification import make_parser
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("### Your own images and checkpoints (image recipe)")[1].split("\n\n")[1]
+    examples = [re.findall(r"`([^`]+)`", row.split(" | ")[1]) for row in table.splitlines()[2:]]
+    assert ["--torch_dtype bfloat16"] in examples
+    for (example,) in examples:
+        model_args, data_args, _ = make_parser().parse_with_config(
+            [*example.split(), "--memory_size", "20", "--output_dir", str(tmp_path)]
+        )
+        flag, value = example.split()[:2]
+        assert str(getattr(model_args, flag[2:], getattr(data_args, flag[2:], None))) == value, example
