@@ -77,6 +77,7 @@ def test_compare_command_end_to_end(tmp_path, capsys):
         assert run["memory_bytes"]["total"] <= run["memory_budget_bytes"]
     assert "| er | 1 |" in (out / "summary.md").read_text()
     assert (out / "accuracy_vs_flops.png").stat().st_size > 1000
+    assert (out / "per_class_accuracy.png").stat().st_size > 1000
 
 
 def test_compare_rejects_unknown_method(tmp_path, capsys):
@@ -95,3 +96,63 @@ def test_compare_rejects_unknown_method(tmp_path, capsys):
         == 2
     )
     assert "wat" in capsys.readouterr().err
+
+
+# ---- per-class accuracy plot --------------------------------------------------------------------------------------
+def _with_classes(method, seed, per_class, class_order=(2, 0, 1)):
+    curve = [
+        {"samples": 10, "train_flops": 1e9, "accuracy": 0.5, "per_class": {str(k): v for k, v in per_class.items()}}
+    ]
+    return {**_fake(method, seed, 0.5, 1e9), "curve": curve, "stream": {"params": {"class_order": list(class_order)}}}
+
+
+@pytest.fixture
+def drawn_class_labels(monkeypatch):
+    """The x tick labels of every figure saved, by file name (the PNG itself holds no text to read back)."""
+    from matplotlib.figure import Figure
+
+    drawn, savefig = {}, Figure.savefig
+
+    def recording_savefig(fig, path, *args, **kwargs):
+        drawn[str(path).rsplit("/", 1)[-1]] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    return drawn
+
+
+def test_per_class_plot_names_the_classes_in_stream_order_and_averages_the_seeds(tmp_path, drawn_class_labels):
+    from hf_budgetcl.compare.plots import per_class_means, plot
+
+    runs = [
+        _with_classes("er", 1, {0: 0.2, 1: 0.4, 2: 1.0}),
+        _with_classes("er", 2, {0: 0.4, 1: 0.6, 2: 0.0}),
+        _with_classes("alsar", 1, {0: 1.0, 1: 0.5, 2: 0.25}),
+        {"method": "mir", "seed": 1, "error": "boom"},
+    ]
+    names = {0: "circle", 1: "square", 2: "triangle"}
+    labels, means = per_class_means(runs, names)
+    assert labels == ["triangle", "circle", "square"]  # the stream's class order, [2, 0, 1]
+    assert means["er"] == pytest.approx([0.5, 0.3, 0.5]) and means["alsar"] == pytest.approx([0.25, 1.0, 0.5])
+    written = plot(runs, str(tmp_path), class_names=names)
+    assert str(tmp_path / "per_class_accuracy.png") in written
+    assert drawn_class_labels["per_class_accuracy.png"] == ["triangle", "circle", "square"]
+    # Seeds that streamed the classes in different orders: by id; without names: the ids.
+    runs[1]["stream"]["params"]["class_order"] = [0, 1, 2]
+    assert per_class_means(runs)[0] == ["0", "1", "2"]
+
+
+def test_compare_names_the_per_class_plot_by_the_runs_id2label(tmp_path, monkeypatch, drawn_class_labels):
+    from hf_budgetcl.compare import cli
+
+    out = tmp_path / "cmp"
+    (out / "er_seed1").mkdir(parents=True)
+    id2label = {"0": "circle", "1": "square", "2": "triangle"}
+    (out / "er_seed1" / "config.json").write_text(json.dumps({"id2label": id2label}))  # what the run saved
+
+    def finished_runs(runs, **kwargs):
+        return [{**_with_classes("er", 1, {0: 1.0, 1: 0.5, 2: 0.0}), "label": dict(run.label)} for run in runs]
+
+    monkeypatch.setattr(cli, "run_grid", finished_runs)
+    cli.compare("recipes/configs/digits_er.yaml", ["er"], [1], str(out))
+    assert drawn_class_labels["per_class_accuracy.png"] == ["triangle", "circle", "square"]

@@ -7,7 +7,8 @@ Each run is a separate ``hf-budgetcl run`` process (one torch thread each, ``--j
 share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged
 (``--rerun``: run everything again).
 Writes ``summary.json``, ``summary.md`` (A_AUC ± std, A_last ± std, TFLOPs, MB, wall-clock per method),
-``accuracy_vs_flops.png`` and ``freezing.png``. ``--table_only`` rewrites ``summary.md`` from ``summary.json``.
+``accuracy_vs_flops.png``, ``per_class_accuracy.png`` (classes named by the runs' ``id2label``) and ``freezing.png``.
+``--table_only`` rewrites ``summary.md`` from ``summary.json``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def compare(
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
+    from ..evaluation.per_class import class_names_in
     from .plots import plot
 
     runs = declare(config, methods, seeds, output_dir, overrides)
@@ -78,7 +80,7 @@ def compare(
         json.dump(result, f, indent=2)
     with open(os.path.join(output_dir, "summary.md"), "w") as f:
         f.write(to_markdown(summary))
-    plot(results, output_dir)
+    plot(results, output_dir, class_names=next(filter(None, (class_names_in(run.run_dir) for run in runs)), None))
     return result
 
 

@@ -22,7 +22,8 @@ class ImageCollator:
 
     Steps, in order: scale to [0, 1] (integer input is divided by 255; floating input is taken as already scaled),
     zero ``pad`` on each side (FM-D5: 2, 28 -> 32), bilinear ``resize`` to (S, S), repeat a single channel to
-    ``channels``, then ``(x - mean) / std``. Returns ``{"pixel_values": float32 (B,C,H,W), "labels": int64 (B,)}``.
+    ``channels``, then ``(x - mean) / std``, computed in float32 and cast to ``dtype`` last (the model's: a conv net
+    in bfloat16 takes no float32 input). Returns ``{"pixel_values": dtype (B,C,H,W), "labels": int64 (B,)}``.
     """
 
     pad: int = 0
@@ -30,6 +31,7 @@ class ImageCollator:
     channels: int | None = None
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+    dtype: torch.dtype = torch.float32
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         pixels = [r["pixel_values"] for r in rows]
@@ -56,4 +58,4 @@ class ImageCollator:
             mean = torch.as_tensor(self.mean if self.mean is not None else [0.0] * c, dtype=x.dtype).view(1, -1, 1, 1)
             std = torch.as_tensor(self.std if self.std is not None else [1.0] * c, dtype=x.dtype).view(1, -1, 1, 1)
             x = (x - mean) / std
-        return x
+        return x.to(self.dtype)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
+import torch
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from ..utils.errors import ConfigError
@@ -80,10 +81,12 @@ def _per_channel(values: Sequence[float] | float, channels: int, what: str) -> l
     raise ConfigError(f"image processor: {what} has {len(values)} values, the model takes {channels} channels")
 
 
-def collator_for_processor(processor, input_shape: Sequence[int], model_channels: int, pad: int = 0) -> ImageCollator:
+def collator_for_processor(
+    processor, input_shape: Sequence[int], model_channels: int, pad: int = 0, dtype: torch.dtype = torch.float32
+) -> ImageCollator:
     """The :class:`ImageCollator` that does what a checkpoint's image processor does, on uint8 images of
     ``input_shape`` (C, H, W): its rescale (1/255), resize (to the crop size when it center-crops; inputs are square),
-    channel conversion to ``model_channels`` and normalisation (its own mean/std)."""
+    channel conversion to ``model_channels`` and normalisation (its own mean/std), in the model's ``dtype``."""
     get = lambda key, default=None: getattr(processor, key, default)
     if get("do_rescale", True) and abs(float(get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
         raise ConfigError(f"image processor: rescale_factor {get('rescale_factor')} is not 1/255")
@@ -102,6 +105,7 @@ def collator_for_processor(processor, input_shape: Sequence[int], model_channels
         channels=model_channels if model_channels != int(input_shape[0]) else None,
         mean=_per_channel(get("image_mean"), model_channels, "image_mean") if normalize else None,
         std=_per_channel(get("image_std"), model_channels, "image_std") if normalize else None,
+        dtype=dtype,
     )
 
 

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 
+from ..evaluation.per_class import class_names_from_id2label, final_class_accuracies
 from .push import REPO_ID
 
 CITATION = """@inproceedings{seo2025budgeted,
@@ -197,23 +198,14 @@ def _task_matrix(results: dict[str, Any]) -> dict[str, Any] | None:
 def _class_rows(results: dict[str, Any], class_names: Mapping[int, str] | None) -> list[tuple[str, str]] | None:
     """(class, accuracy) of the last evaluation, in the order the stream brought the classes (the class ids where
     no names are given), or None without per-class accuracies."""
-    curve = results.get("curve") or []
-    per_class = (curve[-1].get("per_class") if curve else None) or {}
-    final = {int(k): v for k, v in per_class.items() if str(k).lstrip("-").isdigit()}
-    if not final:
-        return None
-    class_order = results["stream"].get("params", {}).get("class_order")  # a user's stream JSON may hold anything
-    order = list(dict.fromkeys(c for c in class_order if c in final)) if isinstance(class_order, list) else []
-    order += sorted(set(final) - set(order))
+    final = final_class_accuracies(results)
     names = class_names or {}
-    return [(str(names.get(c, c)).replace("|", "\\|"), _pct(final[c])) for c in order]
+    return [(str(names.get(c, c)).replace("|", "\\|"), _pct(acc)) for c, acc in final.items()] or None
 
 
 def class_names_of(model: Any) -> dict[int, str] | None:
     """The model's ``id2label``, unless it holds only transformers' placeholders (``LABEL_0`` ...)."""
-    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
-    names = {int(k): str(v) for k, v in id2label.items()}
-    return None if all(v == f"LABEL_{k}" for k, v in names.items()) else names
+    return class_names_from_id2label(getattr(getattr(model, "config", None), "id2label", None))
 
 
 def _load_snippet(repo_id: str, task_type: str, native: bool = True) -> str:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -19,6 +20,7 @@ from transformers import (
 
 from ..utils.errors import ConfigError
 from .cifar_resnet import CifarResNetConfig, CifarResNetForImageClassification
+from .loading import resolve_dtype
 
 __all__ = ["PRESETS", "build_image_classifier"]
 
@@ -75,6 +77,7 @@ def build_image_classifier(
     image_size: int,
     label_names: Sequence[str] | None = None,
     conv_init: str | None = None,
+    dtype: str | torch.dtype | None = None,
     **overrides: Any,
 ) -> PreTrainedModel:
     """Return an image classification ``PreTrainedModel``.
@@ -87,7 +90,11 @@ def build_image_classifier(
     * ``label_names`` (the dataset's class names, in label order) become ``id2label``/``label2id``.
     * ``conv_init`` (``default`` | ``kaiming_fan_out``, see :class:`CifarResNetConfig`) picks the convolutions' random
       init of the CIFAR ResNet presets; ``None`` keeps the config's default. Other models have no such choice.
+    * ``dtype`` (``auto`` | ``bfloat16`` | ``float16`` | ``float32`` or a torch dtype): a checkpoint loads in it
+      (``auto``/None: its own); a preset is initialised in float32, as always, then cast, so one seed gives the same
+      weights, rounded, in every dtype.
     """
+    dtype = resolve_dtype(dtype)
     if label_names is not None:
         if len(label_names) != num_labels:
             raise ConfigError(f"label names: {len(label_names)} names for {num_labels} labels")
@@ -102,7 +109,8 @@ def build_image_classifier(
         overrides["conv_init"] = conv_init
     if model_name_or_path in PRESETS:
         model_cls, config = PRESETS[model_name_or_path](num_labels, num_channels, image_size, **overrides)
-        return model_cls(config)
+        model = model_cls(config)
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
 
     from . import register_auto_classes
 
@@ -122,7 +130,7 @@ def build_image_classifier(
         config.label2id = {v: k for k, v in config.id2label.items()}
     try:
         return AutoModelForImageClassification.from_pretrained(
-            model_name_or_path, config=config, ignore_mismatched_sizes=True, trust_remote_code=False
+            model_name_or_path, config=config, ignore_mismatched_sizes=True, trust_remote_code=False, dtype=dtype
         )
     except (OSError, ValueError, KeyError) as err:
         raise _load_error(model_name_or_path, err) from err

@@ -17,6 +17,7 @@ from ..stream.orders import StreamOrder, build_stream
 from ..utils.errors import ConfigError
 from ..utils.validation import check_numbers
 from .arguments import ConfigParser
+from .dtype_field import check_torch_dtype, torch_dtype_field
 
 
 @dataclass
@@ -35,9 +36,14 @@ class ModelArguments:
     conv_init: str | None = field(
         default=None, metadata={"help": "CIFAR ResNet presets: default (PyTorch's) | kaiming_fan_out (the authors')."}
     )
+    torch_dtype: str = torch_dtype_field(
+        "the checkpoint's; a preset's float32",
+        "; a preset is cast to it and trains in it (--bf16 true is mixed precision over float32 weights instead)",
+    )
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
+        check_torch_dtype(self.torch_dtype)
         if self.conv_init is not None:
             from ..models.cifar_resnet import CONV_INITS
 
@@ -184,11 +190,14 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
         image_size=image_size,
         label_names=names if names is not None and len(names) == num_labels else None,
         conv_init=model_args.conv_init,
+        dtype=model_args.torch_dtype,
     )
     if processor is not None:
-        collator = collator_for_processor(processor, shape, model_channels, pad=model_args.pad)
+        collator = collator_for_processor(processor, shape, model_channels, pad=model_args.pad, dtype=model.dtype)
     else:
-        collator = ImageCollator(pad=model_args.pad, resize=model_args.image_size, channels=model_args.channels)
+        collator = ImageCollator(
+            pad=model_args.pad, resize=model_args.image_size, channels=model_args.channels, dtype=model.dtype
+        )
         # saved next to the model, so AutoImageProcessor reproduces the collator's preprocessing
         processor = image_processor_for(collator, shape)
     trainer = BudgetedCLTrainer(

@@ -31,6 +31,7 @@ from ..utils.errors import ConfigError
 from ..utils.mirrored_field import mirrored_field
 from ..utils.validation import check_numbers
 from .arguments import ConfigParser
+from .dtype_field import check_torch_dtype, torch_dtype_field
 
 TINY_MODELS = ("tiny_llava", "tiny_qwen2vl")  # random weights: unit tests only
 STAGE1_MODELS = {"stage1_llava": "llava", "stage1_qwen2vl": "qwen2vl"}  # the cached pretrained bases
@@ -81,12 +82,9 @@ class ModelArguments:
     lora_task_type: str | None = field(
         default=None, metadata={"help": "peft TaskType, e.g. CAUSAL_LM (default: a plain PeftModel)."}
     )
-    torch_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "auto | bfloat16 | float16 | float32: dtype the base loads in (auto: the checkpoint's); with "
-            "quantization also bitsandbytes' compute dtype (auto: bfloat16 on a GPU, float32 on CPU)."
-        },
+    torch_dtype: str = torch_dtype_field(
+        "the checkpoint's",
+        "; with quantization also bitsandbytes' compute dtype (auto: bfloat16 on a GPU, float32 on CPU)",
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "eager | sdpa | flash_attention_2 | ... (default: transformers' choice)."}
@@ -112,9 +110,7 @@ class ModelArguments:
 
     def __post_init__(self):
         check_numbers(self, self.RANGES)
-        from ..models.loading import resolve_dtype
-
-        resolve_dtype(self.torch_dtype)  # a typo is a one-line error now, not after the data has loaded
+        check_torch_dtype(self.torch_dtype)
 
 
 @dataclass
