@@ -253,3 +253,42 @@ def test_an_empty_or_malformed_vqa_jsonl_is_one_line(tmp_path, text, shown):
     path.write_text(text)
     with pytest.raises(ConfigError, match=shown):
         load_vqa_dataset(path)
+
+
+def test_an_option_added_since_the_checkpoint_is_no_change_at_its_default():
+    """A checkpoint written before a recipe gained an option (e.g. the image recipe's torch_dtype) resumes while the
+    option keeps its default, and is refused once the option is set to anything else."""
+    import dataclasses
+
+    from hf_budgetcl.training.resume_guard import RunArguments
+    from hf_budgetcl.utils.errors import ConfigError
+
+    @dataclasses.dataclass
+    class Config:
+        seed: int = 1
+
+        def to_dict(self):
+            return dataclasses.asdict(self)
+
+    @dataclasses.dataclass
+    class Model:
+        model_name_or_path: str = "digits_resnet"
+        torch_dtype: str = "auto"
+
+    old = RunArguments(Config())
+    old.values.update({"model_name_or_path": "digits_resnet"})  # what an older recipe recorded: no torch_dtype
+    saved = old.state_dict()
+
+    at_default = RunArguments(Config())
+    at_default.record(Model())
+    at_default.load_state_dict(saved)
+    assert at_default.exact
+
+    changed = RunArguments(Config())
+    changed.record(Model(torch_dtype="bfloat16"))
+    with pytest.raises(ConfigError, match=r"torch_dtype \(not recorded\) -> 'bfloat16'"):
+        changed.load_state_dict(saved)
+    renamed = RunArguments(Config())
+    renamed.record(Model(model_name_or_path="other"))
+    with pytest.raises(ConfigError, match="model_name_or_path 'digits_resnet' -> 'other'"):
+        renamed.load_state_dict(saved)

@@ -89,6 +89,11 @@ def _has_state(checkpoint: str, name: str) -> bool:
     return stem == "optimizer" and any(entry.startswith(f"{stem}_") for entry in os.listdir(checkpoint))
 
 
+def _defaults(args: Any) -> dict[str, Any]:
+    """The declared default of each field of dataclass ``args`` that has a plain one."""
+    return {f.name: f.default for f in dataclasses.fields(args) if f.default is not dataclasses.MISSING}
+
+
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     """As the values read back from cl_state.json (tuples become lists, enums and paths strings)."""
     return json.loads(json.dumps(values, default=str))
@@ -104,6 +109,9 @@ class RunArguments:
     def __init__(self, config: Any, **facts: Any):
         values = {k: v for k, v in config.to_dict().items() if k not in MAY_CHANGE}
         self.values = _jsonable({**values, **facts})
+        # An option added since a checkpoint was written is absent from its record; at its default it keeps the
+        # behaviour the checkpoint had, so it does not count as a change.
+        self.defaults = _jsonable(_defaults(config))
         self.exact = True
 
     def record(self, *argument_dataclasses: Any) -> None:
@@ -111,6 +119,7 @@ class RunArguments:
         for args in argument_dataclasses:
             fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in MAY_CHANGE}
             self.values.update(_jsonable(fields))
+            self.defaults.update(_jsonable(_defaults(args)))
 
     def check_checkpoint(self, checkpoint: str, allow_inexact: bool) -> None:
         """Refuse (or, with ``allow_inexact``, warn about) a checkpoint that holds no optimizer/scheduler state."""
@@ -130,6 +139,9 @@ class RunArguments:
         )
         self.exact = False
 
+    def _new_at_default(self, key: str, saved: dict[str, Any]) -> bool:
+        return key not in saved and key in self.defaults and self.values.get(key) == self.defaults[key]
+
     def state_dict(self) -> dict[str, Any]:
         return {"arguments": self.values, "exact_resume": self.exact}
 
@@ -138,9 +150,9 @@ class RunArguments:
         if not isinstance(saved, dict):
             raise ConfigError("resume_from_checkpoint: the checkpoint records no run arguments")
         changed = [
-            f"{k} {_show(saved.get(k))} -> {_show(self.values.get(k))}"
+            f"{k} {_show(saved[k]) if k in saved else '(not recorded)'} -> {_show(self.values.get(k))}"
             for k in sorted(set(saved) | set(self.values))
-            if saved.get(k) != self.values.get(k)
+            if saved.get(k) != self.values.get(k) and not self._new_at_default(k, saved)
         ]
         if changed:
             raise ConfigError(
