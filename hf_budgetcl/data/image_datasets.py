@@ -227,11 +227,16 @@ def load_image_dataset(
 
 
 def load_named_image_dataset(name: str, **kwargs: Any) -> tuple[Dataset, Dataset | None]:
-    """``"digits"`` -> :func:`load_digits_dataset`, ``"fashion_mnist"`` -> :func:`load_fashion_mnist`, anything else
-    -> :func:`load_image_dataset`; keyword arguments go to the chosen loader."""
+    """``"digits"`` -> :func:`load_digits_dataset`, ``"tinted_digits"`` -> its per-class tinted copy,
+    ``"fashion_mnist"`` -> :func:`load_fashion_mnist`, anything else -> :func:`load_image_dataset`; keyword arguments
+    go to the chosen loader."""
     key = name.lower().replace("-", "_")
     if key == "digits":
         return load_digits_dataset(**kwargs)
+    if key == "tinted_digits":
+        from .tinted_digits import load_tinted_digits_dataset
+
+        return load_tinted_digits_dataset(**kwargs)
     if key in ("fashion_mnist", "fmnist"):
         return load_fashion_mnist(**kwargs)
     return load_image_dataset(name, **kwargs)

@@ -56,7 +56,10 @@ class DataArguments:
     RANGES: ClassVar[dict[str, str]] = {"per_class_train": ">= 1", "per_class_test": ">= 1", "test_fraction": "(0, 1)"}
     dataset: str = field(
         default="digits",
-        metadata={"help": "digits | fashion_mnist | a local imagefolder | a Hub image-classification dataset."},
+        metadata={
+            "help": "digits | tinted_digits (digits in colour, one tint per class) | fashion_mnist | a local "
+            "imagefolder | a Hub image-classification dataset."
+        },
     )
     data_dir: str | None = field(default=None, metadata={"help": "Directory of the Fashion-MNIST idx files."})
     dataset_config: str | None = field(
@@ -93,11 +96,14 @@ def load_data(data_args: DataArguments, image_size: int | None = None):
     size are an error without it)."""
     from ..data.idx import load_fashion_mnist
     from ..data.image_datasets import load_digits_dataset, load_image_dataset
+    from ..data.tinted_digits import load_tinted_digits_dataset
 
     if data_args.dataset == "fashion_mnist":
         return load_fashion_mnist(data_args.data_dir, data_args.per_class_train, data_args.per_class_test)
     if data_args.dataset == "digits":
         train, test = load_digits_dataset()
+    elif data_args.dataset == "tinted_digits":
+        train, test = load_tinted_digits_dataset()
     else:
         train, test = load_image_dataset(
             data_args.dataset,
