@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from transformers import TrainingArguments
 
+from .evaluation.bn_recalibration import BN_RECALIBRATION
 from .freezing.adaptive import FREEZE_PRESETS, AdaptiveFreezingSettings
 from .methods import BUILTIN_METHODS, METHODS
 from .methods.options import build_options
@@ -128,6 +129,18 @@ class BudgetedCLConfig(TrainingArguments):
         },
     )
     eval_period: int = field(default=500, metadata={"help": "Anytime evaluation every this many arrivals."})
+    bn_recalibration: str = field(
+        default="none",
+        metadata={
+            "help": "none | memory: before every anytime evaluation and the final save, recompute the BatchNorm "
+            "running statistics from the replay memory (reset, cumulative average over per_device_eval_batch_size "
+            "batches of it, no_grad). The evaluation's are put back afterwards, so training is unchanged; the saved "
+            "model keeps the final ones. Their forwards are charged as ledger item bn_recalibration at their "
+            "measured FLOPs (FlopCounterMode, as the training forward) and count against the FLOPs budget like any "
+            "charge; evaluations after the budget is spent still recalibrate, so train_flops may exceed it by "
+            "those. A model without BatchNorm: a warning, and nothing happens."
+        },
+    )
     memory_budget_bytes: int | None = field(
         default=None, metadata={"help": "Total memory budget in bytes: model + method state + replay samples."}
     )
@@ -195,6 +208,10 @@ class BudgetedCLConfig(TrainingArguments):
         if self.freeze_preset not in FREEZE_PRESETS:
             raise ConfigError(
                 f"freeze_preset: expected one of {', '.join(FREEZE_PRESETS)}, got '{self.freeze_preset}'"
+            )
+        if self.bn_recalibration not in BN_RECALIBRATION:
+            raise ConfigError(
+                f"bn_recalibration: expected one of {', '.join(BN_RECALIBRATION)}, got '{self.bn_recalibration}'"
             )
         if self.budget_matching not in BUDGET_MATCHING:
             raise ConfigError(

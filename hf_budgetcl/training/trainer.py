@@ -10,7 +10,8 @@ Only public, overridable Trainer methods and callbacks are used:
 - before the forward the method may refine the batch (MIR); ``compute_loss`` lets it observe a real training forward
   and add its extra loss, through a :class:`~hf_budgetcl.methods.context.MethodContext` (never the trainer itself);
   ``floating_point_ops`` reports the measured FLOPs to Trainer;
-- ``evaluate`` runs the anytime evaluation on the test samples of the classes seen so far;
+- ``evaluate`` runs the anytime evaluation on the test samples of the classes seen so far (with
+  ``bn_recalibration: memory``, on BatchNorm statistics recomputed from the replay memory, put back afterwards);
 - a callback triggers those evaluations every ``eval_period`` arrivals and stops training when the FLOPs budget
   cannot pay for another iteration; the rest of the stream still arrives and is evaluated.
 """
@@ -44,6 +45,7 @@ from ..accounting.pacing import BudgetMatchingCallback
 from ..config import BudgetedCLConfig
 from ..data.collate import collate_rows
 from ..evaluation.anytime import AnytimeSchedule, CurvePoint, summarize_curve
+from ..evaluation.bn_recalibration import BatchNormRecalibration, batchnorm_layers, even_batches
 from ..evaluation.classification import ClassificationEvaluator, Evaluator
 from ..freezing.policies import FreezingPolicy, make_freezing_policy
 from ..methods import METHODS, ContinualMethod, MethodContext
@@ -200,6 +202,7 @@ class BudgetedCLTrainer(Trainer):
             world_size=self.world_size,
         )
         self.evaluator = evaluator or (ClassificationEvaluator(eval_dataset) if eval_dataset is not None else None)
+        self.bn_recalibration = self.make_bn_recalibration()
         self.schedule = AnytimeSchedule(stream, args.eval_period)
         self.progress = RunProgress()
         self.results: dict[str, Any] | None = None
@@ -359,6 +362,38 @@ class BudgetedCLTrainer(Trainer):
         return int(self.progress.last_step_flops / self.world_size)
 
     # ---- anytime evaluation -----------------------------------------------------------------------------------
+    def make_bn_recalibration(self) -> BatchNormRecalibration | None:
+        """``bn_recalibration: memory``: BatchNorm statistics from the replay memory (None: off, or no BatchNorm)."""
+        if self.args.bn_recalibration == "none":
+            return None
+        if not batchnorm_layers(self.model):
+            warnings.warn(
+                f"bn_recalibration: {type(self.model).__name__} has no BatchNorm layer, nothing to recalibrate",
+                stacklevel=3,
+            )
+            return None
+        return BatchNormRecalibration(
+            model=lambda: self.accelerator.unwrap_model(self.model),
+            batches=self.memory_batches,
+            forward_flops=self.profiler.forward_flops,
+            charge=self.ledger.charge,
+            replicas=self.world_size,  # every rank forwards its own copy of the same memory
+        )
+
+    def memory_batches(self) -> list[dict]:
+        """The replay memory's rows as model inputs, in batches of at most ``per_device_eval_batch_size``."""
+        chunks = even_batches(np.asarray(self.memory.indices), self.args.per_device_eval_batch_size)
+        return [self.collate_rows(chunk) for chunk in chunks]
+
+    def evaluation_statistics(self) -> contextlib.AbstractContextManager:
+        """What an anytime evaluation runs under: recalibrated BatchNorm statistics, or the model as it is."""
+        return self.bn_recalibration.for_evaluation() if self.bn_recalibration else contextlib.nullcontext()
+
+    def prepare_final_model(self) -> None:
+        """Before the final results and save: the saved model keeps the recalibrated BatchNorm statistics."""
+        if self.bn_recalibration is not None:
+            self.bn_recalibration.recalibrate()
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if eval_dataset is not None or self.evaluator is None:
             return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
@@ -371,7 +406,8 @@ class BudgetedCLTrainer(Trainer):
     def evaluate_at(self, samples_seen: int) -> dict[str, float]:
         """Evaluate on the test samples of the classes among the first ``samples_seen`` arrivals."""
         start = time.perf_counter()
-        accuracy, per_class = self.evaluator(self, self.stream.classes_seen(samples_seen))
+        with self.evaluation_statistics():
+            accuracy, per_class = self.evaluator(self, self.stream.classes_seen(samples_seen))
         self.progress.eval_time_s += time.perf_counter() - start
         point = CurvePoint(
             samples=samples_seen,
@@ -444,6 +480,7 @@ class BudgetedCLTrainer(Trainer):
                 self.evaluate_at(point)
         for point in self.schedule.due(len(self.stream)):
             self.evaluate_at(point)
+        self.prepare_final_model()  # before the results: its FLOPs are part of them
         self.results = self.build_results(
             wall_time_s=time.perf_counter() - start + self.progress.elapsed_before_resume_s, train_time_s=train_time
         )
