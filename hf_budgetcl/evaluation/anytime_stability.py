@@ -1,0 +1,43 @@
+"""How much the anytime accuracy swings within a task: the fall a checkpoint published at the wrong moment shows.
+
+A task is a run of consecutive evaluations with the same classes seen (the keys of their per-class accuracies), so a
+task switch's drop, which new classes cause, is never counted. Points are ``results.json`` curve entries (dicts
+with ``accuracy`` and ``per_class``) or :class:`~hf_budgetcl.evaluation.anytime.CurvePoint` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _field(point: Any, name: str) -> Any:
+    return point[name] if isinstance(point, dict) else getattr(point, name)
+
+
+def within_task_runs(curve: Sequence[Any]) -> list[list[float]]:
+    """The accuracies of the curve, split where the set of classes seen changes."""
+    runs: list[list[float]] = []
+    previous = None
+    for point in curve:
+        classes = frozenset(str(c) for c in _field(point, "per_class"))
+        if classes != previous:
+            runs.append([])
+            previous = classes
+        runs[-1].append(float(_field(point, "accuracy")))
+    return runs
+
+
+def largest_within_task_drop(curve: Sequence[Any]) -> float:
+    """The largest fall of accuracy between two consecutive evaluations of the same task (0 if it never falls)."""
+    drops = [a - b for run in within_task_runs(curve) for a, b in zip(run, run[1:])]
+    return max([0.0, *drops])
+
+
+def within_task_std(curve: Sequence[Any]) -> float:
+    """The standard deviation (ddof 0) of the accuracy within each task, averaged over the tasks evaluated at least
+    twice (nan if none is)."""
+    stds = [float(np.std(run)) for run in within_task_runs(curve) if len(run) >= 2]
+    return float(np.mean(stds)) if stds else float("nan")

@@ -1,0 +1,38 @@
+"""Within-task swings of the anytime accuracy, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hf_budgetcl.evaluation.anytime import CurvePoint
+from hf_budgetcl.evaluation.anytime_stability import largest_within_task_drop, within_task_runs, within_task_std
+
+TASK_A, TASK_AB = {"0": 1.0, "1": 1.0}, {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.0}
+# task A: 0.9 -> 0.5 -> 0.8; the switch to A+B falls 0.8 -> 0.3 (not counted); task A+B: 0.3 -> 0.6 -> 0.4
+CURVE = [
+    {"accuracy": a, "per_class": pc}
+    for a, pc in [(0.9, TASK_A), (0.5, TASK_A), (0.8, TASK_A), (0.3, TASK_AB), (0.6, TASK_AB), (0.4, TASK_AB)]
+]
+
+
+def test_tasks_are_runs_of_the_same_classes_seen():
+    assert within_task_runs(CURVE) == [[0.9, 0.5, 0.8], [0.3, 0.6, 0.4]]
+
+
+def test_largest_drop_counts_falls_within_a_task_not_at_a_switch():
+    assert largest_within_task_drop(CURVE) == pytest.approx(0.4)  # 0.9 -> 0.5; the switch's 0.5 is not counted
+    assert largest_within_task_drop(CURVE[2:5]) == 0.0  # 0.8 | 0.3 -> 0.6: only a switch and a rise
+
+
+def test_within_task_std_is_the_mean_of_each_tasks_std():
+    # task A: mean 0.7333, deviations 0.1667, -0.2333, 0.0667 -> variance 0.08667 / 3 = 0.02889, std 0.16997
+    # task A+B: mean 0.4333, deviations -0.1333, 0.1667, -0.0333 -> variance 0.0467 / 3 = 0.01556, std 0.1247
+    assert within_task_std(CURVE) == pytest.approx((0.16997 + 0.12472) / 2, abs=1e-5)
+    assert math.isnan(within_task_std(CURVE[2:4]))  # no task evaluated twice
+
+
+def test_curve_points_work_as_well_as_their_json():
+    points = [CurvePoint(0, 0.0, p["accuracy"], 0, 0, {int(k): v for k, v in p["per_class"].items()}) for p in CURVE]
+    assert largest_within_task_drop(points) == pytest.approx(0.4)
