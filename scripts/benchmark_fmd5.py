@@ -34,6 +34,7 @@ from hf_budgetcl.compare import publish
 from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid
 from hf_budgetcl.compare.summary import group, mean_std, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
+from hf_budgetcl.evaluation.anytime_stability import largest_drop, largest_within_task_drop, split_by_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
@@ -180,18 +181,13 @@ def declare(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def anytime_accuracies(run: dict) -> list[float]:
-    """The anytime curve as plain numbers (the plain loop stores floats, hf_budgetcl runs dicts)."""
-    return [p["accuracy"] if isinstance(p, dict) else p for p in run["curve"]]
-
-
 def largest_drop_within_a_task(run: dict, task_samples: int, eval_period: int = 500) -> float:
-    """The largest fall of anytime accuracy between two consecutive evaluations of the same task (the same classes
-    seen): the swing a checkpoint published at that moment would show. A task switch's drop is not counted."""
-    acc = anytime_accuracies(run)
-    task = [(eval_period * (k + 1) - 1) // task_samples for k in range(len(acc))]
-    drops = [acc[k - 1] - acc[k] for k in range(1, len(acc)) if task[k] == task[k - 1]]
-    return max([0.0, *drops])
+    """The largest fall of anytime accuracy between two consecutive evaluations of the same task. The plain loop
+    records bare accuracies, so its tasks come from the evaluation's stream position (FM-D5's tasks are equal)."""
+    if run["curve"] and isinstance(run["curve"][0], dict):
+        return largest_within_task_drop(run["curve"])
+    tasks = [(eval_period * (k + 1) - 1) // task_samples for k in range(len(run["curve"]))]
+    return largest_drop(split_by_task(run["curve"], tasks))
 
 
 def table(params: dict, runs: list[dict]) -> str:

@@ -36,3 +36,12 @@ def test_within_task_std_is_the_mean_of_each_tasks_std():
 def test_curve_points_work_as_well_as_their_json():
     points = [CurvePoint(0, 0.0, p["accuracy"], 0, 0, {int(k): v for k, v in p["per_class"].items()}) for p in CURVE]
     assert largest_within_task_drop(points) == pytest.approx(0.4)
+
+
+def test_bare_accuracies_split_by_given_tasks():
+    """The plain loop's curve has no per-class keys: its tasks are given (here 2 evaluations a task)."""
+    from hf_budgetcl.evaluation.anytime_stability import largest_drop, split_by_task
+
+    runs = split_by_task([0.9, 0.7, 0.5, 0.45, 0.6, 0.3], [0, 0, 1, 1, 2, 2])
+    assert runs == [[0.9, 0.7], [0.5, 0.45], [0.6, 0.3]]
+    assert largest_drop(runs) == pytest.approx(0.3)  # 0.6 -> 0.3; the switches 0.7 -> 0.5 and 0.45 -> 0.6 not counted
