@@ -9,7 +9,6 @@ from typing import ClassVar
 
 from transformers import TrainingArguments
 
-from .evaluation.bn_recalibration import BN_RECALIBRATION
 from .freezing.adaptive import FREEZE_PRESETS, AdaptiveFreezingSettings
 from .methods import BUILTIN_METHODS, METHODS
 from .methods.options import build_options
@@ -56,6 +55,7 @@ _RANGES = {
 }
 FREEZE_PATTERN = re.compile(r"^(none|adaptive|static:\d+|lisa(:\d+)?)$")
 BUDGET_MATCHING = ("none", "auto", "spend_savings")
+BN_RECALIBRATION = ("none", "memory")  # see evaluation.bn_recalibration
 
 
 @dataclass

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-BN_RECALIBRATION = ("none", "memory")
 STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
