@@ -39,6 +39,7 @@ from hf_budgetcl.evaluation.anytime_stability import largest_drop, largest_withi
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
 SCRIPT = "scripts/benchmark_fmd5.py"
+EVAL_PERIOD = 500  # the protocol's, and eval_period of recipes/configs/fashion_mnist_er.yaml
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
             loss.backward()
             opt.step()
             steps += 1
-        if n % 500 == 0 or n == len(stream):
+        if n % EVAL_PERIOD == 0 or n == len(stream):
             t0 = time.perf_counter()
             curve.append(evaluate())
             eval_time += time.perf_counter() - t0
@@ -181,7 +182,7 @@ def declare(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def largest_drop_within_a_task(run: dict, task_samples: int, eval_period: int = 500) -> float:
+def largest_drop_within_a_task(run: dict, task_samples: int, eval_period: int = EVAL_PERIOD) -> float:
     """The largest fall of anytime accuracy between two consecutive evaluations of the same task. The plain loop
     records bare accuracies, so its tasks come from the evaluation's stream position (FM-D5's tasks are equal)."""
     if run["curve"] and isinstance(run["curve"][0], dict):
@@ -232,7 +233,7 @@ def table(params: dict, runs: list[dict]) -> str:
         "",
         "Paired differences: mean ± std over the seeds both rows have, of the row minus the plain loop, or minus "
         "`er`, in points (A_AUC / A_last). Largest drop within a task: the largest fall of anytime accuracy between "
-        "two consecutive evaluations (500 samples apart) with the same classes seen, in points, mean ± std over "
+        f"two consecutive evaluations ({EVAL_PERIOD} samples apart) with the same classes seen, in points, mean ± std over "
         "seeds. Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop.",
     ]
     return "\n".join(lines) + "\n"

@@ -158,12 +158,16 @@ def test_the_charge_is_every_recalibrated_row_at_its_measured_forward_flops(tmp_
         return out
 
     trainer.bn_recalibration.batches = counting
+    keys, key_of = [], trainer.recalibration_key
+    trainer.recalibration_key = lambda: keys.append(key_of()) or keys[-1]
     trainer.train()
     one_row = trainer.collate_rows(trainer.stream.indices[:1])
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         trainer.model.eval()(**one_row)
     items = trainer.results["flops_items"]
-    assert len(rows) == len(trainer.curve) + 1  # every evaluation, then the final save
+    assert len(keys) == len(trainer.curve) + 1  # every evaluation, then the final save
+    # one pass per distinct (step, memory): the final save reuses the last evaluation's statistics
+    assert keys[-1] == keys[-2] and len(rows) == len(set(keys)) < len(keys)
     assert items["bn_recalibration"] == sum(rows) * counter.get_total_flops() > 0
     assert trainer.results["train_flops"] == sum(items.values())
 
@@ -174,3 +178,35 @@ def test_a_model_without_batchnorm_warns_once_and_runs_as_without(tmp_path):
     assert sum("bn_recalibration" in str(w.message) for w in caught) == 1
     trainer.train()
     assert "bn_recalibration" not in trainer.results["flops_items"]
+
+
+def test_memory_batches_mix_the_tasks(tmp_path):
+    """The memory keeps its slots in arrival order; a recalibration batch of one task would miss the variance
+    between tasks."""
+    trainer = digits_trainer(tmp_path, eval_period=1000, bn_recalibration="memory")
+    trainer.train()
+    labels = [set(b["labels"].tolist()) for b in trainer.memory_batches()]
+    assert len(labels) > 2 and all(len(classes) > 2 for classes in labels[:2])  # a task holds 2 classes
+
+
+class _Costs(TrainerCallback):
+    def __init__(self, pacing):
+        self.pacing, self.costs = pacing, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.costs.append(self.pacing.cost_per_iteration)
+
+
+def test_budget_pacing_does_not_count_a_recalibration_as_a_step(tmp_path):
+    from hf_budgetcl.accounting.pacing import BudgetMatchingCallback
+
+    trainer = digits_trainer(
+        tmp_path, eval_period=15, bn_recalibration="memory", budget_matching="auto", flops_budget_per_sample=3e6
+    )
+    pacing = next(c for c in trainer.callback_handler.callbacks if isinstance(c, BudgetMatchingCallback))
+    costs = _Costs(pacing)
+    trainer.add_callback(costs)
+    trainer.train()
+    assert trainer.ledger.items["bn_recalibration"] > 0 and len(costs.costs) > 5
+    # an average of step charges never exceeds the dearest step
+    assert max(costs.costs) <= trainer.ledger.max_step_flops * (1 + 1e-9)

@@ -82,6 +82,11 @@ class BudgetMatchingCallback(TrainerCallback):
         ledger = self.trainer.ledger
         return ledger.total, ledger.backward_full, ledger.items.get("train_backward", 0.0)
 
+    def on_evaluate(self, args, state, control, **kwargs):
+        # What an evaluation charged (bn_recalibration) lowers the remaining budget, not a step's cost.
+        self._previous = self._ledger_totals()
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         t = self.trainer
         total, backward_full, backward = self._ledger_totals()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,22 +119,31 @@ class BatchNormRecalibration:
         self.forward_flops = forward_flops
         self.charge = charge
         self.replicas = replicas
+        self._key: Any = None  # what the last recalibration was made from, and its statistics
+        self._stats: list[dict[str, torch.Tensor]] = []
 
-    def recalibrate(self) -> float:
-        """Recompute the statistics from the memory and keep them; returns the FLOPs charged."""
+    def recalibrate(self, key: Any = None) -> float:
+        """Recompute the statistics from the memory and keep them; returns the FLOPs charged. With the ``key`` (the
+        training step and the memory's content) of the last recalibration, nothing has changed since: its statistics
+        are put back without a second pass or charge."""
+        layers = batchnorm_layers(self.model())
+        if key is not None and key == self._key:
+            restore(layers, self._stats)
+            return 0.0
         batches = self.batches()
         flops = self.replicas * sum(self.forward_flops(b) for b in batches)  # measured before: no stats moved
         recalibrate_batchnorm(self.model(), batches)
         if batches:
             self.charge(self.item, flops)
+        self._key, self._stats = key, snapshot(layers)
         return flops
 
     @contextlib.contextmanager
-    def for_evaluation(self) -> Iterator[None]:
+    def for_evaluation(self, key: Any = None) -> Iterator[None]:
         """Recalibrated statistics inside, the previous ones back afterwards (training continues as it would have)."""
         layers = batchnorm_layers(self.model())
         before = snapshot(layers)
-        self.recalibrate()
+        self.recalibrate(key)
         try:
             yield
         finally:

@@ -366,6 +366,8 @@ class BudgetedCLTrainer(Trainer):
         """``bn_recalibration: memory``: BatchNorm statistics from the replay memory (None: off, or no BatchNorm)."""
         if self.args.bn_recalibration == "none":
             return None
+        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and not self.fsdp2):
+            raise ConfigError("bn_recalibration: memory needs DDP, FSDP2 (fsdp_version: 2) or one process")
         if not batchnorm_layers(self.model):
             warnings.warn(
                 f"bn_recalibration: {type(self.model).__name__} has no BatchNorm layer, nothing to recalibrate",
@@ -381,18 +383,27 @@ class BudgetedCLTrainer(Trainer):
         )
 
     def memory_batches(self) -> list[dict]:
-        """The replay memory's rows as model inputs, in batches of at most ``per_device_eval_batch_size``."""
-        chunks = even_batches(np.asarray(self.memory.indices), self.args.per_device_eval_batch_size)
-        return [self.collate_rows(chunk) for chunk in chunks]
+        """The replay memory's rows as model inputs, in batches of at most ``per_device_eval_batch_size``, in a
+        seeded shuffled order: the memory keeps its slots in arrival order, so batches in that order would each hold
+        one task, and averaging their variances would leave out the variance between tasks."""
+        rows = np.random.default_rng(self.args.seed).permutation(np.asarray(self.memory.indices))
+        return [self.collate_rows(chunk) for chunk in even_batches(rows, self.args.per_device_eval_batch_size)]
+
+    def recalibration_key(self) -> tuple:
+        """What BatchNorm statistics from memory depend on: the weights (the step) and the memory's rows."""
+        return self.state.global_step, tuple(int(i) for i in self.memory.indices)
 
     def evaluation_statistics(self) -> contextlib.AbstractContextManager:
         """What an anytime evaluation runs under: recalibrated BatchNorm statistics, or the model as it is."""
-        return self.bn_recalibration.for_evaluation() if self.bn_recalibration else contextlib.nullcontext()
+        if self.bn_recalibration is None:
+            return contextlib.nullcontext()
+        return self.bn_recalibration.for_evaluation(self.recalibration_key())
 
     def prepare_final_model(self) -> None:
-        """Before the final results and save: the saved model keeps the recalibrated BatchNorm statistics."""
+        """Before the final results and save: the saved model keeps the recalibrated BatchNorm statistics (those of
+        the last evaluation when nothing has trained since)."""
         if self.bn_recalibration is not None:
-            self.bn_recalibration.recalibrate()
+            self.bn_recalibration.recalibrate(self.recalibration_key())
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if eval_dataset is not None or self.evaluator is None:
