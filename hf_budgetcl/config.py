@@ -107,6 +107,7 @@ class BudgetedCLConfig(TrainingArguments):
     sar_decay_k: float = mirrored_field(SAROptions, "sar_decay_k", "SAR")
     sar_warmup_samples: int = mirrored_field(SAROptions, "sar_warmup_samples", "SAR")
     sar_scale_by_memory: bool = mirrored_field(SAROptions, "sar_scale_by_memory", "SAR")
+    sar_damp_new_classes: bool = mirrored_field(SAROptions, "sar_damp_new_classes", "SAR")
     similarity_ema: float = mirrored_field(SAROptions, "similarity_ema", "SAR")
     similarity_coords: int = mirrored_field(SAROptions, "similarity_coords", "SAR")
     similarity_features: str = mirrored_field(SAROptions, "similarity_features", "SAR")

@@ -17,6 +17,8 @@ run of the same seed are started next to each other, so they see the same machin
     python scripts/benchmark_fmd5.py --rerun er_seed1 alsar_seed1   # run those two again, reuse the rest
     python scripts/benchmark_fmd5.py --seeds 1 --plain_seeds "" --rerun --merge   # only the seed-1 pair, into the
                                                                     # committed fmd5.json's other runs
+    python scripts/benchmark_fmd5.py --seeds 1,2,3 --plain_seeds "" --merge \\
+        --methods alsar:budget_matching=spend_savings,flops_budget=35573171576832   # a variant: name:key=value,...
     python scripts/benchmark_fmd5.py --table_only                   # the table again from docs/results/fmd5.json
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from hf_budgetcl.compare import publish
-from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid
+from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid, variant_dirname, variant_flags
 from hf_budgetcl.compare.summary import group, mean_std, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
 from hf_budgetcl.evaluation.anytime_stability import largest_drop, largest_within_task_drop, split_by_task
@@ -165,19 +167,21 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
 def declare(args: argparse.Namespace) -> list[Run]:
     """Each plain run next to the hf_budgetcl runs of its seed, so that the two share the machine's load."""
     seeds = [int(s) for s in args.seeds.split(",")]
-    methods = [m for m in args.methods.split(",") if m]
+    # "er,alsar" or one variant per argument ("name:key=value,...": its commas separate options)
+    methods = [m for a in args.methods for m in ([a] if ":" in a else a.split(",")) if m]
     plain_seeds = [int(s) for s in (args.seeds if args.plain_seeds is None else args.plain_seeds).split(",") if s]
     sizes = ["--per_class_train", args.per_class_train, "--per_class_test", args.per_class_test]
     runs = []
     for seed in seeds:
         for method in (["plain"] if seed in plain_seeds else []) + methods:
-            run_dir = Path(args.work_dir) / f"{method.replace('+', '_')}_seed{seed}"
+            name, flags = ("plain", []) if method == "plain" else variant_flags(method)
+            run_dir = Path(args.work_dir) / f"{variant_dirname(method).replace('+', '_')}_seed{seed}"
             label = {"method": method, "seed": seed}
             if method == "plain":
                 plain = ["--plain_seed", seed, "--plain_out", run_dir / "plain.json", *sizes]
                 runs.append(Run(run_dir, plain, label, command=(sys.executable, __file__), result_name="plain.json"))
             else:
-                cli = ["--config", CONFIG, "--method", method, "--seed", seed, *sizes, "--save_strategy", "no"]
+                cli = ["--config", CONFIG, "--method", name, "--seed", seed, *sizes, "--save_strategy", "no", *flags]
                 runs.append(Run(run_dir, cli, label))
     return runs
 
@@ -258,7 +262,7 @@ HEADER = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--methods", default="er,alsar")
+    parser.add_argument("--methods", nargs="+", default=["er,alsar"], help="er,alsar and/or variants name:key=value,...")
     parser.add_argument("--plain_seeds", default=None, help='seeds of the plain loop (default: --seeds; "": none)')
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--per_class_train", type=int, default=1000)

@@ -31,6 +31,7 @@ def test_method_options_reach_sar_and_show_in_results(tmp_path):
         "sar_decay_k": 4.0,
         "sar_warmup_samples": 50,
         "sar_scale_by_memory": False,
+        "sar_damp_new_classes": False,
         "similarity_ema": 0.001,
         "similarity_coords": 8,
         "similarity_features": "head",

@@ -10,6 +10,7 @@ from hf_budgetcl.methods.retrieval_math import (
     count_decay_factor,
     decay_counts,
     draw_without_replacement,
+    damp_immature_classes,
     effective_use_frequency,
     retrieval_probabilities,
     similarity_ema_update,
@@ -270,3 +271,14 @@ def test_class_balanced_draw():
     np.testing.assert_array_equal(a, b)
     assert class_balanced_draw(labels, 10, rng).size == 4  # min(n, |M|), with replacement
     assert class_balanced_draw([], 4, rng).size == 0
+
+
+def test_damp_immature_classes_hand_computed():
+    # weights a_y = [1, 1, 0, .5, .5]: m = (2 + 1 + 0 + .2 + .8) / 3 = 4/3; class 0 is mature (no floor), class 1
+    # fresh (floor 4/3), class 2 half-way (floor 2/3)
+    c_hat, labels, maturity = [2.0, 1.0, 0.0, 0.4, 1.6], [0, 0, 1, 2, 2], [1.0, 0.0, 0.5]
+    np.testing.assert_allclose(damp_immature_classes(c_hat, labels, maturity), [2.0, 1.0, 4 / 3, 2 / 3, 1.6])
+    np.testing.assert_allclose(damp_immature_classes([3.0, 1.0], [0, 0], [0.0]), [3.0, 2.0])  # none mature: mean
+    assert damp_immature_classes([], [], [0.0]).size == 0
+    with pytest.raises(ValueError, match="2 effective frequencies for 1 slot labels"):
+        damp_immature_classes([1.0, 2.0], [0], [0.0])

@@ -67,6 +67,30 @@ def test_rehearsed_similar_classes_are_drawn_less():
     assert abs(hits[2] - hits[3]) < 0.2 * hits[2]
 
 
+@pytest.mark.parametrize("damp", [False, True])
+def test_damping_ends_the_burst_on_a_new_class(damp):
+    """Three rehearsed, mature classes and a new one (a = 0, no row of S): undamped, the draw goes almost only to the
+    new class (its slots score u_i = 0 against S_cc U_c / |M| = 0.5 * 400 / 40 = 5 for the others: e^40 odds);
+    damped, the new slots score like the average slot and take about their memory share (a quarter)."""
+    memory = filled_memory()
+    method = sar(sar_decay_k=1e9, sar_damp_new_classes=damp)
+    method._introduce(np.arange(4))
+    method.maturity = np.array([1.0, 1.0, 1.0, 0.0])
+    method.class_counts = np.array([400.0, 400.0, 400.0, 0.0])
+    method.S = np.diag([0.5, 0.5, 0.5, 0.0])
+    labels = np.asarray(memory.labels)
+    rng = np.random.default_rng(0)
+    hits = np.zeros(4)
+    for _ in range(200):
+        memory.use_counts[:] = [0.0] * 40
+        np.add.at(hits, labels[method.retrieve(memory, 8, rng, samples_seen=1000)], 1)
+    new_share = hits[3] / hits.sum()
+    if damp:
+        assert 0.15 < new_share < 0.35
+    else:
+        assert new_share > 0.99  # 8 of its 10 slots in every batch of 8
+
+
 def test_sar_evens_out_usage_compared_with_uniform_replay():
     def spread(method) -> float:
         memory, rng = filled_memory(), np.random.default_rng(2)

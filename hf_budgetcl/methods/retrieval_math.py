@@ -19,6 +19,7 @@ __all__ = [
     "similarity_ema_update",
     "class_similarity",
     "effective_use_frequency",
+    "damp_immature_classes",
     "retrieval_probabilities",
     "draw_without_replacement",
     "class_balanced_draw",
@@ -163,6 +164,27 @@ def effective_use_frequency(
     if paper_compat and u.size:
         c_hat = np.maximum(c_hat / u.size, 0.0)
     return c_hat
+
+
+def damp_immature_classes(c_hat: ArrayLike, slot_labels: Sequence[int] | np.ndarray, maturity: ArrayLike) -> np.ndarray:
+    """``max(c_hat_i, (1 - a_{y_i}) * m)``, ``m`` the maturity-weighted mean ``sum_j a_{y_j} c_hat_j / sum_j a_{y_j}``
+    (the plain mean while no class is mature): an optional damping of the burst on a new class.
+
+    A new class has maturity ``a = 0``, hence a zero row of ``S`` and no class term: its slots score ``u_i``, about 0,
+    against ``S_cc U_c`` for every older class, and the softmax draws almost only them until ``a`` grows (about
+    ``1 / alpha`` samples of the class). The floor makes an immature class's slot score like the average slot of the
+    mature classes, so it is drawn about as often as under uniform replay; the floor fades as its statistics mature.
+    """
+    c = np.asarray(c_hat, dtype=np.float64).reshape(-1)
+    y = np.asarray(slot_labels, dtype=np.int64).reshape(-1)
+    a = np.clip(np.asarray(maturity, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    if c.shape != y.shape:
+        raise ValueError(f"{c.size} effective frequencies for {y.size} slot labels")
+    if c.size == 0:
+        return c.copy()
+    w = a[y]
+    m = float(w @ c / w.sum()) if w.sum() > 0 else float(c.mean())
+    return np.maximum(c, (1.0 - w) * m)
 
 
 def retrieval_probabilities(c_hat: ArrayLike, temperature: float) -> np.ndarray:

@@ -50,6 +50,7 @@ from .retrieval_math import (
     class_balanced_draw,
     class_similarity,
     count_decay_factor,
+    damp_immature_classes,
     decay_counts,
     draw_without_replacement,
     effective_use_frequency,
@@ -77,6 +78,14 @@ class SAROptions(MethodOptions):
     )
     sar_scale_by_memory: bool = field(
         default=True, metadata={"help": "Use max(0, c_hat / |M|) as the official code (the scale T was tuned on)."}
+    )
+    sar_damp_new_classes: bool = field(
+        default=False,
+        metadata={
+            "help": "Damp the burst of draws on a class that has just entered memory: a slot's effective use "
+            "frequency is at least (1 - a_y) times the mean over the mature classes' slots, so a class with immature statistics (a_y = 0: "
+            "no row of S yet) is drawn about as often as under uniform replay, not almost exclusively."
+        },
     )
     similarity_ema: float = field(default=0.001, metadata={"help": "EMA ratio of the class gradient statistics."})
     similarity_coords: int = field(
@@ -126,7 +135,7 @@ class SAR(ContinualMethod):
         o = self.options
         self.temperature, self.decay_k, self.warmup_samples = o.sar_temperature, o.sar_decay_k, o.sar_warmup_samples
         self.scale_by_memory, self.alpha, self.n_coords = o.sar_scale_by_memory, o.similarity_ema, o.similarity_coords
-        self.features = o.similarity_features
+        self.features, self.damp_new_classes = o.similarity_features, o.sar_damp_new_classes
         self.seed = int(getattr(config, "seed", 0))  # the coordinates are drawn with the run's seed
         # Per-class state, indexed by label id and grown when a larger label appears.
         self.class_counts = np.zeros(0)  # U
@@ -204,10 +213,12 @@ class SAR(ContinualMethod):
             c_hat = effective_use_frequency(
                 memory.use_counts, labels, self.class_counts, self.S, paper_compat=self.scale_by_memory
             )
+            if self.damp_new_classes:
+                c_hat = damp_immature_classes(c_hat, labels, self.maturity)
             slots = draw_without_replacement(retrieval_probabilities(c_hat, self.temperature), n, rng)
             # S @ U (2C^2), c_hat per slot (4), softmax (4: scale, exp, sum, normalise), sequential draw (2 |M| per
-            # drawn slot: a cumulative sum and a search over the remaining mass).
-            flops += 2 * c * c + 8 * m + 2 * min(n, m) * m
+            # drawn slot: a cumulative sum and a search over the remaining mass); the damping: weights, weighted mean, floor, max (6).
+            flops += 2 * c * c + 8 * m + 2 * min(n, m) * m + (6 * m if self.damp_new_classes else 0)
         if self._ctx is not None:  # the sampler runs on every rank
             self._ctx.charge("sar_retrieval", flops, on_every_rank=True)
         return slots
