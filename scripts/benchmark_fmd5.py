@@ -262,7 +262,9 @@ HEADER = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--methods", nargs="+", default=["er,alsar"], help="er,alsar and/or variants name:key=value,...")
+    parser.add_argument(
+        "--methods", nargs="+", default=["er,alsar"], help="er,alsar and/or variants name:key=value,..."
+    )
     parser.add_argument("--plain_seeds", default=None, help='seeds of the plain loop (default: --seeds; "": none)')
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--per_class_train", type=int, default=1000)

@@ -166,7 +166,9 @@ def effective_use_frequency(
     return c_hat
 
 
-def damp_immature_classes(c_hat: ArrayLike, slot_labels: Sequence[int] | np.ndarray, maturity: ArrayLike) -> np.ndarray:
+def damp_immature_classes(
+    c_hat: ArrayLike, slot_labels: Sequence[int] | np.ndarray, maturity: ArrayLike
+) -> np.ndarray:
     """``max(c_hat_i, (1 - a_{y_i}) * m)``, ``m`` the maturity-weighted mean ``sum_j a_{y_j} c_hat_j / sum_j a_{y_j}``
     (the plain mean while no class is mature): an optional damping of the burst on a new class.
 
