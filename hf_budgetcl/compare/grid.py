@@ -158,11 +158,14 @@ def run_one(
     (run.run_dir / "cmd.json").write_text(json.dumps(list(run.args)))
     full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
     start = time.perf_counter()
-    proc = subprocess.run(command_line(run), cwd=cwd, env=full_env, capture_output=True, text=True)
-    (run.run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    # The run writes into its own log file, not into a pipe of this process: a driver that is killed leaves its
+    # running runs to finish (a later invocation reuses them), where a closed pipe would kill them at their next print.
+    log = run.run_dir / "log.txt"
+    with open(log, "w") as out:
+        proc = subprocess.run(command_line(run), cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not result_path.exists():
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
         print(f"  {run.name}: failed ({proc.returncode}): {tail}", file=sys.stderr, flush=True)
         return {"label": dict(run.label), "error": tail, "process_wall_s": wall}
     print(f"  {run.name}: {wall:.0f} s", file=sys.stderr, flush=True)
