@@ -10,7 +10,8 @@ from hf_budgetcl.freezing.lisa import draw_active_blocks
 from hf_budgetcl.methods import METHODS, get_method
 from hf_budgetcl.methods.derpp import derpp_loss, derpp_loss_flops
 from hf_budgetcl.methods.ewc import ewc_flops, ewc_penalty, fisher_update
-from hf_budgetcl.methods.mir import per_sample_loss, select_most_interfered
+from hf_budgetcl.methods.lm_logits import per_sample_loss
+from hf_budgetcl.methods.mir import select_most_interfered
 from hf_budgetcl.methods.options import parse_method_options
 from hf_budgetcl.methods.remind import dequantise_uint8, quantise_uint8
 from hf_budgetcl.stream.sampler import BatchRecord

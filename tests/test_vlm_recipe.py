@@ -283,3 +283,27 @@ def test_qlora_run_counts_the_quantized_matmuls(tmp_path):
         d_cost = FlopsProfiler(dense, find_blocks(dense), loss).measure(batch)
     assert q_cost.forward == pytest.approx(d_cost.forward, rel=1e-3)
     assert q_cost.backward_by_prefix[0] == pytest.approx(d_cost.backward_by_prefix[0], rel=1e-3)
+
+
+def test_derpp_keeps_top_k_answer_token_logits_and_pays_for_them_in_bytes(tmp_path):
+    """DER++ on a causal LM: each slot keeps the top-k logits of its answer's first tokens, charged per slot in bytes
+    (so fewer slots than ER under one byte budget), matched on replay, and charged in FLOPs."""
+    common = [*TINY, "--lora_r", "4", "--freeze", "none", "--memory_size", "1000", "--memory_budget_bytes", "301000"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(["--config", LLAVA_CONFIG, *common, "--output_dir", str(tmp_path / "er"), "--method", "er"])
+        derpp = run(
+            ["--config", LLAVA_CONFIG, *common, "--output_dir", str(tmp_path / "derpp"), "--method", "derpp",
+             "--method_options", "derpp_answer_tokens=3,derpp_token_topk=5"]
+        )  # fmt: skip
+    method = derpp.method
+    assert method.vocab == derpp.model.config.get_text_config().vocab_size
+    assert method.slot_bytes(1000) == 1000 + 3 * 5 * 8 + 4
+    results, er_results = _results(tmp_path / "derpp"), _results(tmp_path / "er")
+    assert results["memory_slots"] < er_results["memory_slots"]
+    stored, kept = set(method.stored), set(derpp.memory.indices)
+    assert stored & kept and len(stored - kept) <= 8  # pruned every step; arrivals after the last step may evict
+    values, ids, count = next(iter(method.stored.values()))
+    assert values.shape == ids.shape == (3, 5) and 1 <= count <= 3
+    assert np.all(np.diff(values[:count], axis=1) <= 0)  # the largest logits, in order
+    assert results["flops_items"]["derpp_loss"] > 0 and results["flops_items"]["derpp_store"] > 0

@@ -13,6 +13,13 @@ stream) only gets the label term.
 Accounting: each slot stores ``C`` float32 logits next to its sample, ``slot_bytes = sample + 4 C``, so under one
 byte budget DER++ keeps fewer samples than ER. The extra loss terms are element-wise (not counted by
 FlopCounterMode) and charged by hand as item ``derpp_loss`` (:func:`derpp_loss_flops`).
+
+A causal LM (a VLM's answer tokens, logits ``(N, T, V)``): a slot keeps, for each of the answer's first
+``derpp_answer_tokens`` tokens, the ``derpp_token_topk`` largest logits and their vocabulary ids
+(:func:`~hf_budgetcl.methods.lm_logits.top_answer_logits`), ``slot_bytes = sample + tokens * k * (4 + 4) + 4``: the
+full vocabulary (1,024 logits a token for the default stage-1 base) would cost several times an image. The logit term
+matches those entries; the label term is the LM loss of the replayed rows. The top-k selection is charged as item
+``derpp_store`` (``V`` comparisons a stored token).
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import torch.nn.functional as F
 from ..models.heads import logits_of
 from ..utils.errors import ConfigError
 from .er import ER
+from .lm_logits import answer_logit_mse, per_sample_loss, top_answer_logits
 from .options import MethodOptions
 
 LOGIT_BYTES = 4  # float32
+TOKEN_ID_BYTES = 4  # int32 vocabulary ids
 
 
 def derpp_loss(
@@ -56,9 +65,29 @@ def derpp_loss_flops(rows_with_logits: int, rows: int, num_classes: int) -> floa
 
 @dataclass
 class DERPPOptions(MethodOptions):
-    RANGES: ClassVar[dict[str, str]] = {"derpp_alpha": ">= 0", "derpp_beta": ">= 0"}
+    RANGES: ClassVar[dict[str, str]] = {
+        "derpp_alpha": ">= 0",
+        "derpp_beta": ">= 0",
+        "derpp_answer_tokens": ">= 1",
+        "derpp_token_topk": ">= 1",
+    }
     derpp_alpha: float = field(default=0.1, metadata={"help": "Weight of the logit-matching term."})
     derpp_beta: float = field(default=0.5, metadata={"help": "Weight of the replayed-label term."})
+    derpp_answer_tokens: int = field(
+        default=4, metadata={"help": "Causal LM: answer tokens whose logits a slot keeps (the answer's first ones)."}
+    )
+    derpp_token_topk: int = field(
+        default=16, metadata={"help": "Causal LM: logits kept per answer token, the largest, with their ids."}
+    )
+
+
+def vocabulary_size(model: Any) -> int | None:
+    """The text vocabulary of a (vision-)language model, ``None`` for a classifier (no ``vocab_size`` in its config
+    or its text sub-config)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = getattr(text, "vocab_size", None)
+    return int(vocab) if vocab else None
 
 
 class DERPP(ER):
@@ -68,28 +97,48 @@ class DERPP(ER):
     def __init__(self, config: Any = None, **options: Any):
         super().__init__(config, **options)
         self.alpha, self.beta = self.options.derpp_alpha, self.options.derpp_beta
+        self.answer_tokens, self.topk = self.options.derpp_answer_tokens, self.options.derpp_token_topk
         self.num_classes = 0  # logits per slot, set in setup
-        self.stored: dict[int, np.ndarray] = {}  # dataset index -> float32 logits
+        self.vocab: int | None = None  # a causal LM's vocabulary: answer-token mode
+        # dataset index -> float32 logits (C,); answer-token mode: (values (tokens, k), ids (tokens, k), count)
+        self.stored: dict[int, Any] = {}
 
     def setup(self, ctx) -> None:
-        self.num_classes = ctx.num_classes
+        self.vocab = vocabulary_size(ctx.model)
+        if self.vocab is None:
+            self.num_classes = ctx.num_classes
+        else:
+            self.topk = min(self.topk, self.vocab)
 
     def slot_bytes(self, sample_nbytes: int) -> int:
+        if self.vocab is not None:  # top-k values and ids per answer token, and the token count
+            return int(sample_nbytes) + self.answer_tokens * self.topk * (LOGIT_BYTES + TOKEN_ID_BYTES) + 4
         return int(sample_nbytes) + LOGIT_BYTES * self.num_classes
 
     def observe(self, ctx, inputs: dict, outputs: Any) -> None:
         """Store the logits of every trained stream row whose sample is in memory (gathered: every rank keeps the
         same store), and forget those of evicted samples."""
         logits = logits_of(outputs)
-        if logits.dim() != 2:
-            raise ConfigError("derpp: needs classification logits (N, C)")
         record = ctx.record
         slots, indices = np.asarray(record.slots), np.asarray(record.indices)
-        all_logits = ctx.gather(logits.detach()).float().cpu().numpy()
         in_memory = set(ctx.memory.indices)
-        for pos in np.flatnonzero(slots == -1):
-            if int(indices[pos]) in in_memory:
-                self.stored[int(indices[pos])] = all_logits[pos].copy()
+        if logits.dim() == 3 and self.vocab is not None:
+            with torch.no_grad():
+                stored = top_answer_logits(logits.detach(), inputs["labels"], self.answer_tokens, self.topk)
+            values, ids, counts = (t.cpu().numpy() for t in ctx.gather(stored))
+            ctx.charge("derpp_store", float(int(counts.sum()) * self.vocab), on_every_rank=True)
+            for pos in np.flatnonzero(slots == -1):
+                if int(indices[pos]) in in_memory:
+                    self.stored[int(indices[pos])] = (values[pos].copy(), ids[pos].astype(np.int32), int(counts[pos]))
+        elif logits.dim() == 2 and self.vocab is None:
+            all_logits = ctx.gather(logits.detach()).float().cpu().numpy()
+            for pos in np.flatnonzero(slots == -1):
+                if int(indices[pos]) in in_memory:
+                    self.stored[int(indices[pos])] = all_logits[pos].copy()
+        else:
+            raise ConfigError(
+                f"derpp: needs classification logits (N, C) or a causal LM's (N, T, V), got {tuple(logits.shape)}"
+            )
         self.stored = {k: v for k, v in self.stored.items() if k in in_memory}
 
     def extra_loss(self, ctx, inputs: dict, outputs: Any) -> torch.Tensor | None:
@@ -102,6 +151,8 @@ class DERPP(ER):
         if replay.size == 0:
             return None
         rows = [int(indices[positions[j]]) for j in replay]
+        if logits.dim() == 3:
+            return self._answer_token_loss(ctx, logits, inputs["labels"], replay, rows)
         has = torch.tensor([r in self.stored for r in rows], device=logits.device)
         target = torch.from_numpy(np.stack([self.stored.get(r, np.zeros(logits.shape[1], np.float32)) for r in rows]))
         labels = inputs["labels"][torch.as_tensor(replay, device=logits.device)]
@@ -116,12 +167,46 @@ class DERPP(ER):
             self.beta,
         )
 
+    def _answer_token_loss(
+        self, ctx, logits: torch.Tensor, labels: torch.Tensor, replay: np.ndarray, rows: list[int]
+    ) -> torch.Tensor:
+        """``alpha * mean squared error`` over the stored top-k entries of the replayed rows' answer tokens plus
+        ``beta * mean`` of their LM losses."""
+        at = torch.as_tensor(replay, device=logits.device)
+        z, y = logits[at], labels[at]
+        have = [j for j, r in enumerate(rows) if r in self.stored]
+        mse, elements = logits.sum() * 0.0, 0
+        if have:
+            values, ids, counts = (np.stack([self.stored[rows[j]][f] for j in have]) for f in range(3))
+            h = torch.as_tensor(have, device=logits.device)
+            total, elements = answer_logit_mse(
+                z[h], y[h], torch.from_numpy(values), torch.from_numpy(ids).long(), torch.from_numpy(counts)
+            )
+            mse = total / max(elements, 1)
+        answer = int((y[:, 1:] != -100).sum())
+        ctx.charge("derpp_loss", float(5 * elements + 6 * answer * logits.shape[-1]), on_every_rank=True)
+        return self.alpha * mse + self.beta * per_sample_loss(z, y).mean()
+
     def state_dict(self) -> dict[str, Any]:
         keys = sorted(self.stored)
+        if self.vocab is not None:
+            shape = (len(keys), self.answer_tokens, self.topk)
+            return {
+                "indices": np.asarray(keys, dtype=np.int64),
+                "values": np.asarray([self.stored[i][0] for i in keys], np.float32).reshape(shape),
+                "ids": np.asarray([self.stored[i][1] for i in keys], np.int32).reshape(shape),
+                "counts": np.asarray([self.stored[i][2] for i in keys], dtype=np.int64),
+            }
         logits = np.stack([self.stored[k] for k in keys]) if keys else np.zeros((0, self.num_classes), np.float32)
         return {"indices": np.asarray(keys, dtype=np.int64), "logits": logits}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "values" in state:
+            self.stored = {
+                int(k): (np.asarray(v, np.float32), np.asarray(i, np.int32), int(n))
+                for k, v, i, n in zip(state["indices"], state["values"], state["ids"], state["counts"])
+            }
+            return
         self.stored = {
             int(k): np.asarray(v, dtype=np.float32) for k, v in zip(state.get("indices", []), state.get("logits", []))
         }

@@ -34,11 +34,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..models.heads import logits_of
 from .er import ER
+from .lm_logits import per_sample_loss
 from .options import MethodOptions
 
 
@@ -47,17 +47,6 @@ class MIROptions(MethodOptions):
     RANGES: ClassVar[dict[str, str]] = {"mir_candidates": ">= 1", "mir_virtual_lr": "> 0"}
     mir_candidates: int = field(default=50, metadata={"help": "Memory slots scored per batch (mir_cands)."})
     mir_virtual_lr: float = field(default=0.1, metadata={"help": "SGD step of the virtual update."})
-
-
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per row: ``(N, C)`` logits directly; ``(N, T, V)`` (causal LM) shifted by one token and averaged
-    over each row's labelled tokens (``-100`` ignored; a row without one gets 0)."""
-    if logits.dim() == 2:
-        return F.cross_entropy(logits.float(), labels, reduction="none")
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    tokens = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
-    valid = (labels != -100).float()
-    return (tokens * valid).sum(1) / valid.sum(1).clamp(min=1.0)
 
 
 def select_most_interfered(loss_before: np.ndarray, loss_after: np.ndarray, n: int) -> np.ndarray:
