@@ -210,6 +210,7 @@ def table(params: dict, runs: list[dict]) -> str:
             else "–"
         )
         name = "plain-PyTorch online ER loop (this script)" if method == "plain" else f"hf_budgetcl `{method}`"
+        base = by_method.get(method.partition(":")[0]) if ":" in method else None  # a variant vs its method
         rows.append(
             [
                 name,
@@ -219,10 +220,12 @@ def table(params: dict, runs: list[dict]) -> str:
                 f"{paired_difference(rs, plain, 'A_auc')} / {paired_difference(rs, plain, 'A_last')}",
                 f"{paired_difference(rs, by_method.get('er'), 'A_auc')} / "
                 f"{paired_difference(rs, by_method.get('er'), 'A_last')}",
+                f"{paired_difference(rs, base, 'A_auc')} / {paired_difference(rs, base, 'A_last')}",
                 mean_std([100 * largest_drop_within_a_task(r, task_samples) for r in rs]),
                 f"{speed:.1f}",
                 f"{speed / plain_speed:.2f}×",
                 flops,
+                f"{np.mean([r['iterations'] for r in rs]):.0f}",
                 saved,
                 f"{np.mean([r['wall_time_s'] for r in rs]):.0f}",
             ]
@@ -235,8 +238,8 @@ def table(params: dict, runs: list[dict]) -> str:
         "",
         *markdown_table(HEADER, rows),
         "",
-        "Paired differences: mean ± std over the seeds both rows have, of the row minus the plain loop, or minus "
-        "`er`, in points (A_AUC / A_last). Largest drop within a task: the largest fall of anytime accuracy between "
+        "Paired differences: mean ± std over the seeds both rows have, of the row minus the plain loop, minus "
+        "`er`, or (a variant `name:key=value`) minus its method `name`, in points (A_AUC / A_last). Largest drop within a task: the largest fall of anytime accuracy between "
         f"two consecutive evaluations ({EVAL_PERIOD} samples apart) with the same classes seen, in points, mean ± std over "
         "seeds. Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop.",
     ]
@@ -250,10 +253,12 @@ HEADER = [
     "A_last",
     "Δ vs plain loop, paired (A_AUC / A_last)",
     "Δ vs er, paired (A_AUC / A_last)",
+    "Δ of a variant vs its method, paired",
     "largest drop within a task",
     "training samples/s",
     "vs plain loop",
     "train TFLOPs",
+    "iterations",
     "backward saved",
     "wall-clock s",
 ]
