@@ -274,11 +274,14 @@ def test_class_balanced_draw():
 
 
 def test_damp_immature_classes_hand_computed():
-    # weights a_y = [1, 1, 0, .5, .5]: m = (2 + 1 + 0 + .2 + .8) / 3 = 4/3; class 0 is mature (no floor), class 1
-    # fresh (floor 4/3), class 2 half-way (floor 2/3)
-    c_hat, labels, maturity = [2.0, 1.0, 0.0, 0.4, 1.6], [0, 0, 1, 2, 2], [1.0, 0.0, 0.5]
-    np.testing.assert_allclose(damp_immature_classes(c_hat, labels, maturity), [2.0, 1.0, 4 / 3, 2 / 3, 1.6])
-    np.testing.assert_allclose(damp_immature_classes([3.0, 1.0], [0, 0], [0.0]), [3.0, 2.0])  # none mature: mean
+    # r = a_y / max a = [1, 1, 0, .5, .5]: m = (2 + 1 + 0 + .2 + .8) / 3 = 4/3; class 0 is the most mature (no floor),
+    # class 1 new (floor 4/3), class 2 half-way (floor 2/3)
+    c_hat, labels = [2.0, 1.0, 0.0, 0.4, 1.6], [0, 0, 1, 2, 2]
+    expected = [2.0, 1.0, 4 / 3, 2 / 3, 1.6]
+    np.testing.assert_allclose(damp_immature_classes(c_hat, labels, [1.0, 0.0, 0.5]), expected)
+    np.testing.assert_allclose(damp_immature_classes(c_hat, labels, [0.2, 0.0, 0.1]), expected)  # relative maturity
+    np.testing.assert_allclose(damp_immature_classes(c_hat, labels, [0.1, 0.1, 0.1]), c_hat)  # arrived together
+    np.testing.assert_allclose(damp_immature_classes([3.0, 1.0], [0, 0], [0.0]), [3.0, 1.0])  # none mature yet
     assert damp_immature_classes([], [], [0.0]).size == 0
     with pytest.raises(ValueError, match="2 effective frequencies for 1 slot labels"):
         damp_immature_classes([1.0, 2.0], [0], [0.0])

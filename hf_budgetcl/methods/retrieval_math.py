@@ -169,24 +169,25 @@ def effective_use_frequency(
 def damp_immature_classes(
     c_hat: ArrayLike, slot_labels: Sequence[int] | np.ndarray, maturity: ArrayLike
 ) -> np.ndarray:
-    """``max(c_hat_i, (1 - a_{y_i}) * m)``, ``m`` the maturity-weighted mean ``sum_j a_{y_j} c_hat_j / sum_j a_{y_j}``
-    (the plain mean while no class is mature): an optional damping of the burst on a new class.
+    """``max(c_hat_i, (1 - r_i) * m)`` with ``r_i = a_{y_i} / max_j a_{y_j}`` (the slot's class maturity relative to
+    the most mature class in memory) and ``m = sum_j r_j c_hat_j / sum_j r_j``: an optional damping of the burst on a
+    class newer than the others. Unchanged while no class has any maturity.
 
     A new class has maturity ``a = 0``, hence a zero row of ``S`` and no class term: its slots score ``u_i``, about 0,
     against ``S_cc U_c`` for every older class, and the softmax draws almost only them until ``a`` grows (about
-    ``1 / alpha`` samples of the class). The floor makes an immature class's slot score like the average slot of the
-    mature classes, so it is drawn about as often as under uniform replay; the floor fades as its statistics mature.
+    ``1 / alpha`` samples of the class). The floor makes such a slot score like the average slot of the mature classes,
+    so the new class is drawn about as often as under uniform replay; the floor fades as it catches up. Relative, not
+    absolute, maturity: classes that arrived together (a Gaussian stream) are not damped at all.
     """
     c = np.asarray(c_hat, dtype=np.float64).reshape(-1)
     y = np.asarray(slot_labels, dtype=np.int64).reshape(-1)
     a = np.clip(np.asarray(maturity, dtype=np.float64).reshape(-1), 0.0, 1.0)
     if c.shape != y.shape:
         raise ValueError(f"{c.size} effective frequencies for {y.size} slot labels")
-    if c.size == 0:
+    if c.size == 0 or a[y].max() <= 0:
         return c.copy()
-    w = a[y]
-    m = float(w @ c / w.sum()) if w.sum() > 0 else float(c.mean())
-    return np.maximum(c, (1.0 - w) * m)
+    r = a[y] / a[y].max()
+    return np.maximum(c, (1.0 - r) * float(r @ c / r.sum()))
 
 
 def retrieval_probabilities(c_hat: ArrayLike, temperature: float) -> np.ndarray:

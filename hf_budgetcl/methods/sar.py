@@ -83,8 +83,9 @@ class SAROptions(MethodOptions):
         default=False,
         metadata={
             "help": "Damp the burst of draws on a class that has just entered memory: a slot's effective use "
-            "frequency is at least (1 - a_y) times the mean over the mature classes' slots, so a class with immature statistics (a_y = 0: "
-            "no row of S yet) is drawn about as often as under uniform replay, not almost exclusively."
+            "frequency is at least (1 - a_y / max a) times the maturity-weighted mean, so a class whose statistics "
+            "are younger than the others' (a_y = 0: no row of S yet) is drawn about as often as under uniform "
+            "replay, not almost exclusively; classes that arrived together are not damped."
         },
     )
     similarity_ema: float = field(default=0.001, metadata={"help": "EMA ratio of the class gradient statistics."})
@@ -217,8 +218,8 @@ class SAR(ContinualMethod):
                 c_hat = damp_immature_classes(c_hat, labels, self.maturity)
             slots = draw_without_replacement(retrieval_probabilities(c_hat, self.temperature), n, rng)
             # S @ U (2C^2), c_hat per slot (4), softmax (4: scale, exp, sum, normalise), sequential draw (2 |M| per
-            # drawn slot: a cumulative sum and a search over the remaining mass); the damping: weights, weighted mean, floor, max (6).
-            flops += 2 * c * c + 8 * m + 2 * min(n, m) * m + (6 * m if self.damp_new_classes else 0)
+            # drawn slot: a cumulative sum and a search over the remaining mass); the damping: relative maturity, weighted mean, floor, max (7).
+            flops += 2 * c * c + 8 * m + 2 * min(n, m) * m + (7 * m if self.damp_new_classes else 0)
         if self._ctx is not None:  # the sampler runs on every rank
             self._ctx.charge("sar_retrieval", flops, on_every_rank=True)
         return slots
