@@ -218,7 +218,7 @@ class SAR(ContinualMethod):
                 c_hat = damp_immature_classes(c_hat, labels, self.maturity)
             slots = draw_without_replacement(retrieval_probabilities(c_hat, self.temperature), n, rng)
             # S @ U (2C^2), c_hat per slot (4), softmax (4: scale, exp, sum, normalise), sequential draw (2 |M| per
-            # drawn slot: a cumulative sum and a search over the remaining mass); the damping: relative maturity, weighted mean, floor, max (7).
+            # drawn slot: a cumulative sum and a search over the remaining mass); damping: ratio, mean, floor, max (7).
             flops += 2 * c * c + 8 * m + 2 * min(n, m) * m + (7 * m if self.damp_new_classes else 0)
         if self._ctx is not None:  # the sampler runs on every rank
             self._ctx.charge("sar_retrieval", flops, on_every_rank=True)
