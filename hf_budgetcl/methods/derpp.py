@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..models.heads import logits_of
 from ..utils.errors import ConfigError
 from .er import ER
-from .lm_logits import answer_logit_mse, per_sample_loss, top_answer_logits
+from .lm_logits import answer_logit_mse, answer_token_counts, per_sample_loss, top_answer_logits
 from .options import MethodOptions
 
 LOGIT_BYTES = 4  # float32
@@ -82,12 +82,12 @@ class DERPPOptions(MethodOptions):
 
 
 def vocabulary_size(model: Any) -> int | None:
-    """The text vocabulary of a (vision-)language model, ``None`` for a classifier (no ``vocab_size`` in its config
-    or its text sub-config)."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    vocab = getattr(text, "vocab_size", None)
-    return int(vocab) if vocab else None
+    """The vocabulary of a model that generates text (the rows of its output embeddings, the LM head), ``None`` for a
+    classifier. Not the config's ``vocab_size``: a CLIP or SigLIP image classifier has a text vocabulary there."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
 
 
 class DERPP(ER):
@@ -126,7 +126,7 @@ class DERPP(ER):
             with torch.no_grad():
                 stored = top_answer_logits(logits.detach(), inputs["labels"], self.answer_tokens, self.topk)
             values, ids, counts = (t.cpu().numpy() for t in ctx.gather(stored))
-            ctx.charge("derpp_store", float(int(counts.sum()) * self.vocab), on_every_rank=True)
+            ctx.charge("derpp_store", float(int(counts.sum()) * self.vocab))  # gathered: all ranks' top-k work
             for pos in np.flatnonzero(slots == -1):
                 if int(indices[pos]) in in_memory:
                     self.stored[int(indices[pos])] = (values[pos].copy(), ids[pos].astype(np.int32), int(counts[pos]))
@@ -142,22 +142,24 @@ class DERPP(ER):
         self.stored = {k: v for k, v in self.stored.items() if k in in_memory}
 
     def extra_loss(self, ctx, inputs: dict, outputs: Any) -> torch.Tensor | None:
-        """The logit and label terms on this process's replayed rows."""
+        """The logit and label terms on this process's replayed rows. Every rank books the work of the whole batch, so
+        the ranks' ledgers stay identical."""
         logits = logits_of(outputs)
         record = ctx.record
         slots, indices = np.asarray(record.slots), np.asarray(record.indices)
         positions = ctx.local_positions(logits.shape[0])
         replay = np.flatnonzero(slots[positions] != -1)
-        if replay.size == 0:
-            return None
         rows = [int(indices[positions[j]]) for j in replay]
         if logits.dim() == 3:
             return self._answer_token_loss(ctx, logits, inputs["labels"], replay, rows)
+        replayed = indices[slots != -1]  # of every rank: the record is the global batch's
+        stored_rows = sum(int(i) in self.stored for i in replayed)
+        ctx.charge("derpp_loss", derpp_loss_flops(stored_rows, replayed.size, logits.shape[1]))
+        if replay.size == 0:
+            return None
         has = torch.tensor([r in self.stored for r in rows], device=logits.device)
         target = torch.from_numpy(np.stack([self.stored.get(r, np.zeros(logits.shape[1], np.float32)) for r in rows]))
         labels = inputs["labels"][torch.as_tensor(replay, device=logits.device)]
-        flops = derpp_loss_flops(int(has.sum()), replay.size, logits.shape[1])
-        ctx.charge("derpp_loss", flops, on_every_rank=True)
         return derpp_loss(
             logits[torch.as_tensor(replay, device=logits.device)],
             labels,
@@ -169,10 +171,10 @@ class DERPP(ER):
 
     def _answer_token_loss(
         self, ctx, logits: torch.Tensor, labels: torch.Tensor, replay: np.ndarray, rows: list[int]
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """``alpha * mean squared error`` over the stored top-k entries of the replayed rows' answer tokens plus
-        ``beta * mean`` of their LM losses."""
-        at = torch.as_tensor(replay, device=logits.device)
+        ``beta *`` the mean LM loss of the replayed rows that have an answer token."""
+        at = torch.as_tensor(replay, dtype=torch.long, device=logits.device)
         z, y = logits[at], labels[at]
         have = [j for j, r in enumerate(rows) if r in self.stored]
         mse, elements = logits.sum() * 0.0, 0
@@ -183,18 +185,25 @@ class DERPP(ER):
                 z[h], y[h], torch.from_numpy(values), torch.from_numpy(ids).long(), torch.from_numpy(counts)
             )
             mse = total / max(elements, 1)
-        answer = int((y[:, 1:] != -100).sum())
-        ctx.charge("derpp_loss", float(5 * elements + 6 * answer * logits.shape[-1]), on_every_rank=True)
-        return self.alpha * mse + self.beta * per_sample_loss(z, y).mean()
+        answers = answer_token_counts(y)
+        # The work of all ranks (MSE 5 per entry; CE 6 per logit of an answer token), booked identically by each: a
+        # collective, which every rank reaches on every training pass.
+        work = ctx.gather(torch.tensor([[elements, int(answers.sum())]], device=logits.device)).sum(0).tolist()
+        ctx.charge("derpp_loss", float(5 * work[0] + 6 * work[1] * logits.shape[-1]))
+        if replay.size == 0:
+            return None
+        labelled = answers > 0
+        label_term = per_sample_loss(z[labelled], y[labelled]).mean() if labelled.any() else mse * 0.0
+        return self.alpha * mse + self.beta * label_term
 
     def state_dict(self) -> dict[str, Any]:
         keys = sorted(self.stored)
         if self.vocab is not None:
-            shape = (len(keys), self.answer_tokens, self.topk)
+            empty = (0, self.answer_tokens, self.topk)
             return {
                 "indices": np.asarray(keys, dtype=np.int64),
-                "values": np.asarray([self.stored[i][0] for i in keys], np.float32).reshape(shape),
-                "ids": np.asarray([self.stored[i][1] for i in keys], np.int32).reshape(shape),
+                "values": np.stack([self.stored[i][0] for i in keys]) if keys else np.zeros(empty, np.float32),
+                "ids": np.stack([self.stored[i][1] for i in keys]) if keys else np.zeros(empty, np.int32),
                 "counts": np.asarray([self.stored[i][2] for i in keys], dtype=np.int64),
             }
         logits = np.stack([self.stored[k] for k in keys]) if keys else np.zeros((0, self.num_classes), np.float32)

@@ -13,18 +13,32 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 
-__all__ = ["per_sample_loss", "answer_positions", "top_answer_logits", "answer_logit_mse", "IGNORE_INDEX"]
+__all__ = [
+    "per_sample_loss",
+    "answer_token_counts",
+    "answer_positions",
+    "top_answer_logits",
+    "answer_logit_mse",
+    "IGNORE_INDEX",
+]
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy per row: ``(N, C)`` logits directly; ``(N, T, V)`` (causal LM) shifted by one token and averaged
-    over each row's labelled tokens (``-100`` ignored; a row without one gets 0)."""
+    over each row's labelled tokens (``-100`` ignored; a row without one gets 0). Only the labelled positions' logits
+    are taken: a VLM's prompt and image tokens are most of ``T``, and a softmax over them would be wasted work."""
     if logits.dim() == 2:
         return F.cross_entropy(logits.float(), labels, reduction="none")
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    tokens = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=IGNORE_INDEX)
-    valid = (labels != IGNORE_INDEX).float()
-    return (tokens * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+    rows, pos = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)
+    tokens = F.cross_entropy(logits[rows, pos].float(), labels[rows, pos + 1], reduction="none")
+    sums = tokens.new_zeros(logits.shape[0]).index_add(0, rows, tokens)
+    counts = torch.bincount(rows, minlength=logits.shape[0]).clamp(min=1)
+    return sums / counts
+
+
+def answer_token_counts(labels: torch.Tensor) -> torch.Tensor:
+    """Labelled (answer) tokens per row of ``labels`` ``(N, T)``: the positions a causal LM's loss covers."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(1)
 
 
 def answer_positions(labels: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
