@@ -253,7 +253,7 @@ HEADER = [
     "A_last",
     "Δ vs plain loop, paired (A_AUC / A_last)",
     "Δ vs er, paired (A_AUC / A_last)",
-    "Δ of a variant vs its method, paired",
+    "Δ of a variant vs its method, paired (A_AUC / A_last)",
     "largest drop within a task",
     "training samples/s",
     "vs plain loop",
@@ -268,7 +268,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument(
-        "--methods", nargs="+", default=["er,alsar"], help="er,alsar and/or variants name:key=value,..."
+        "--methods",
+        nargs="+",
+        default=["er,alsar"],
+        help="er,alsar and/or variants name:key=value,..., one per argument (an argument with : is one variant)",
     )
     parser.add_argument("--plain_seeds", default=None, help='seeds of the plain loop (default: --seeds; "": none)')
     parser.add_argument("--jobs", type=int, default=2)

@@ -139,6 +139,19 @@ def command_line(run: Run) -> list[str]:
     return [sys.executable, "-m", "hf_budgetcl.cli", "run", *fixed, *run.args]
 
 
+PID_FILE = "running.pid"
+
+
+def still_running(run_dir: Path) -> int | None:
+    """The pid of a process still running in ``run_dir`` (its ``running.pid``), ``None`` when there is none."""
+    try:
+        pid = int((run_dir / PID_FILE).read_text())
+        os.kill(pid, 0)  # signal 0: only whether the process exists
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def run_one(
     run: Run,
     threads: int = 1,
@@ -151,6 +164,11 @@ def run_one(
     result_path = run.run_dir / run.result_name
     if not rerun and reusable(run, reuse_unrecorded):
         return {**json.loads(result_path.read_text()), "label": dict(run.label)}
+    alive = still_running(run.run_dir)
+    if alive is not None:  # left running by a driver that was killed: never two processes in one run directory
+        error = f"still running as pid {alive}, started by an earlier invocation; run again when it has finished"
+        print(f"  {run.name}: {error}", file=sys.stderr, flush=True)
+        return {"label": dict(run.label), "error": error}
     if result_path.exists():
         print(f"  {run.name}: arguments changed or --rerun, running again", file=sys.stderr, flush=True)
         result_path.unlink()
@@ -160,9 +178,12 @@ def run_one(
     start = time.perf_counter()
     # The run writes into its own log file, not into a pipe of this process: a driver that is killed leaves its
     # running runs to finish (a later invocation reuses them), where a closed pipe would kill them at their next print.
-    log = run.run_dir / "log.txt"
+    log, pid_file = run.run_dir / "log.txt", run.run_dir / PID_FILE
     with open(log, "w") as out:
-        proc = subprocess.run(command_line(run), cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command_line(run), cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        pid_file.write_text(str(proc.pid))
+        proc.wait()
+    pid_file.unlink(missing_ok=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not result_path.exists():
         tail = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
