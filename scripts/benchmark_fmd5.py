@@ -195,8 +195,14 @@ def largest_drop_within_a_task(run: dict, task_samples: int, eval_period: int = 
     return largest_drop(split_by_task(run["curve"], tasks))
 
 
+def system(run: dict) -> str:
+    """The table row a run belongs to: its grid entry (a variant ``name:key=value`` is a row of its own, though its
+    results.json says only ``name``); runs recorded before labels existed carry their method only."""
+    return run.get("label", {}).get("method", run["method"])
+
+
 def table(params: dict, runs: list[dict]) -> str:
-    by_method = group(runs, lambda r: r["method"])
+    by_method = group(runs, system)
     plain = by_method.get("plain", [])
     plain_speed = np.mean([r["samples_seen"] / (r["wall_time_s"] - r["eval_time_s"]) for r in plain])
     task_samples = 2 * params["per_class_train"]  # FM-D5: 2 classes a task
@@ -303,7 +309,7 @@ def main() -> int:
         params = {k: getattr(args, k) for k in ("per_class_train", "per_class_test", "jobs")}
         return {**params, "conv_init": CifarResNetConfig().conv_init}, runs
 
-    return publish.publish(args, SCRIPT, table, produce, key=lambda r: (r["method"], r["seed"]))
+    return publish.publish(args, SCRIPT, table, produce, key=lambda r: (system(r), r["seed"]))
 
 
 if __name__ == "__main__":

@@ -326,3 +326,20 @@ def test_paired_difference_pairs_runs_by_seed_not_by_position():
     alsar = [{"seed": 3, "A_auc": 0.71}, {"seed": 1, "A_auc": 0.51}]  # seed 2 missing, another order
     assert paired_difference(alsar, er) == "1.00 ± 0.00"  # by position it would read 21.00 and -9.00
     assert paired_difference(er, er) == "–" and paired_difference([{"seed": 4, "A_auc": 1.0}], er) == "–"
+
+
+def test_fmd5_merge_keeps_a_methods_runs_beside_its_variants(tmp_path):
+    """A variant's results.json names only its method: merged into a table by that name, the variant's runs replaced
+    the method's own (seen once with alsar and alsar:budget_matching=spend_savings)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_fmd5", ROOT / "scripts/benchmark_fmd5.py")
+    fmd5 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fmd5)
+    run = {"method": "alsar", "seed": 1, "A_auc": 0.8, "A_last": 0.7, "curve": [0.8], "iterations": 10}
+    old = [{**run, "label": {"method": "alsar", "seed": 1}}]
+    variant = {**run, "A_auc": 0.9, "label": {"method": "alsar:budget_matching=spend_savings", "seed": 1}}
+    raw = tmp_path / "t.json"
+    publish.write_raw(raw, "scripts/benchmark_fmd5.py", {"p": 1}, old)
+    _, runs = publish.merged(raw, {"p": 1}, [variant], key=lambda r: (fmd5.system(r), r["seed"]))
+    assert [fmd5.system(r) for r in runs] == ["alsar", "alsar:budget_matching=spend_savings"]
