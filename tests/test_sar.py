@@ -50,6 +50,16 @@ def test_rarely_used_slots_are_drawn_more_often(scale_by_memory):
     assert hits.sum() == 2000
 
 
+def class_hits(method: SAR, memory: EpisodicMemory, batch: int, draws: int, seed: int) -> np.ndarray:
+    """Slots drawn per class over ``draws`` retrievals, the use counts reset to 0 before each."""
+    labels, rng = np.asarray(memory.labels), np.random.default_rng(seed)
+    hits = np.zeros(labels.max() + 1)
+    for _ in range(draws):
+        memory.use_counts[:] = [0.0] * len(labels)
+        np.add.at(hits, labels[method.retrieve(memory, batch, rng, samples_seen=1000)], 1)
+    return hits
+
+
 def test_rehearsed_similar_classes_are_drawn_less():
     memory = filled_memory()
     method = sar(sar_decay_k=1e9)
@@ -57,12 +67,7 @@ def test_rehearsed_similar_classes_are_drawn_less():
     method.class_counts = np.array([200.0, 0.0, 0.0, 0.0])
     method.S = np.diag([0.5, 0.5, 0.5, 0.5])
     method.S[0, 1] = method.S[1, 0] = 0.5  # class 1 resembles the heavily rehearsed class 0
-    labels = np.asarray(memory.labels)
-    rng = np.random.default_rng(1)
-    hits = np.zeros(4)
-    for _ in range(300):
-        memory.use_counts[:] = [0.0] * 40
-        np.add.at(hits, labels[method.retrieve(memory, 4, rng, samples_seen=1000)], 1)
+    hits = class_hits(method, memory, batch=4, draws=300, seed=1)
     assert hits[0] < hits[2] / 5 and hits[1] < hits[2] / 5  # exp(-200 * 0.5 / 40 / 0.125) = e^-20
     assert abs(hits[2] - hits[3]) < 0.2 * hits[2]
 
@@ -78,12 +83,7 @@ def test_damping_ends_the_burst_on_a_new_class(damp):
     method.maturity = np.array([1.0, 1.0, 1.0, 0.0])
     method.class_counts = np.array([400.0, 400.0, 400.0, 0.0])
     method.S = np.diag([0.5, 0.5, 0.5, 0.0])
-    labels = np.asarray(memory.labels)
-    rng = np.random.default_rng(0)
-    hits = np.zeros(4)
-    for _ in range(200):
-        memory.use_counts[:] = [0.0] * 40
-        np.add.at(hits, labels[method.retrieve(memory, 8, rng, samples_seen=1000)], 1)
+    hits = class_hits(method, memory, batch=8, draws=200, seed=0)
     new_share = hits[3] / hits.sum()
     if damp:
         assert 0.15 < new_share < 0.35
