@@ -127,18 +127,17 @@ class DERPP(ER):
                 stored = top_answer_logits(logits.detach(), inputs["labels"], self.answer_tokens, self.topk)
             values, ids, counts = (t.cpu().numpy() for t in ctx.gather(stored))
             ctx.charge("derpp_store", float(int(counts.sum()) * self.vocab))  # gathered: all ranks' top-k work
-            for pos in np.flatnonzero(slots == -1):
-                if int(indices[pos]) in in_memory:
-                    self.stored[int(indices[pos])] = (values[pos].copy(), ids[pos].astype(np.int32), int(counts[pos]))
+            entry = lambda pos: (values[pos].copy(), ids[pos].astype(np.int32), int(counts[pos]))  # noqa: E731
         elif logits.dim() == 2 and self.vocab is None:
             all_logits = ctx.gather(logits.detach()).float().cpu().numpy()
-            for pos in np.flatnonzero(slots == -1):
-                if int(indices[pos]) in in_memory:
-                    self.stored[int(indices[pos])] = all_logits[pos].copy()
+            entry = lambda pos: all_logits[pos].copy()  # noqa: E731
         else:
             raise ConfigError(
                 f"derpp: needs classification logits (N, C) or a causal LM's (N, T, V), got {tuple(logits.shape)}"
             )
+        for pos in np.flatnonzero(slots == -1):  # the stream rows of this batch whose sample is in memory
+            if int(indices[pos]) in in_memory:
+                self.stored[int(indices[pos])] = entry(pos)
         self.stored = {k: v for k, v in self.stored.items() if k in in_memory}
 
     def extra_loss(self, ctx, inputs: dict, outputs: Any) -> torch.Tensor | None:
