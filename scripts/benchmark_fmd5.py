@@ -36,7 +36,13 @@ from hf_budgetcl.compare import publish
 from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid, variant_dirname, variant_flags
 from hf_budgetcl.compare.summary import group, mean_std, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
-from hf_budgetcl.evaluation.anytime_stability import largest_drop, largest_within_task_drop, split_by_task
+from hf_budgetcl.data.idx import FASHION_MNIST_LABELS
+from hf_budgetcl.evaluation.anytime_stability import (
+    largest_drop,
+    largest_fall_by_class,
+    largest_within_task_drop,
+    split_by_task,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/fashion_mnist_er.yaml"
@@ -249,7 +255,55 @@ def table(params: dict, runs: list[dict]) -> str:
         f"two consecutive evaluations ({EVAL_PERIOD} samples apart) with the same classes seen, in points, mean ± std over "
         "seeds. Training samples/s = stream samples / (wall-clock − evaluation time) of each run's training loop.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + falls_by_class(by_method)) + "\n"
+
+
+def falls_by_class(by_method: dict[str, list[dict]]) -> list[str]:
+    """Per run with per-class curves: the largest within-task fall, the classes that fell most and the part of the
+    fall the classes of earlier tasks make up."""
+    rows = []
+    for method, rs in by_method.items():
+        for r in rs:
+            fall = largest_fall_by_class(r["curve"]) if r["curve"] and isinstance(r["curve"][0], dict) else None
+            if fall is None:
+                continue
+            name = {c: FASHION_MNIST_LABELS[int(c)] + (" (new)" if c in fall.new else "") for c in fall.change}
+            losers = sorted((x, c) for c, x in fall.change.items() if x < 0)[:3]
+            rows.append(
+                [
+                    f"`{method}`",
+                    str(r["seed"]),
+                    f"{100 * fall.fall:.1f}",
+                    str(fall.samples),
+                    ", ".join(f"{name[c]} {100 * x:+.0f}" for x, c in losers),
+                    ", ".join(name[c] for c in sorted(fall.new, key=int)),
+                    f"{100 * fall.old_share:.0f}%",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "### Where the largest within-task fall comes from",
+        "",
+        "Per run: the largest fall of anytime accuracy between two consecutive evaluations of one task, the classes "
+        "that fell most then (accuracy change in points), the classes of the task being trained, and the part of the "
+        "fall that the classes of earlier tasks make up (net of their gains; over 100% when the new classes rose "
+        "meanwhile).",
+        "",
+        *markdown_table(
+            [
+                "system",
+                "seed",
+                "fall (pt)",
+                "at sample",
+                "largest per-class falls",
+                "task being trained",
+                "old classes' share",
+            ],
+            rows,
+        ),
+    ]
 
 
 HEADER = [
