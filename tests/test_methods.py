@@ -1,5 +1,7 @@
 """Baselines (MIR, DER++, EWC++, REMIND, GDumb, static / LISA freezing) and budget matching, on tiny inputs."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -9,12 +11,13 @@ from hf_budgetcl.accounting.pacing import ema_update, paced_online_iter
 from hf_budgetcl.freezing.lisa import draw_active_blocks
 from hf_budgetcl.methods import METHODS, get_method
 from hf_budgetcl.methods.derpp import derpp_loss, derpp_loss_flops
-from hf_budgetcl.methods.ewc import ewc_flops, ewc_penalty, fisher_update
+from hf_budgetcl.methods.ewc import EWC, ewc_flops, ewc_penalty, fisher_update, task_gradient
 from hf_budgetcl.methods.lm_logits import per_sample_loss
 from hf_budgetcl.methods.mir import select_most_interfered
 from hf_budgetcl.methods.options import parse_method_options
 from hf_budgetcl.methods.remind import dequantise_uint8, quantise_uint8
 from hf_budgetcl.stream.sampler import BatchRecord
+from hf_budgetcl.utils.errors import ConfigError
 from tests.helpers import digits_trainer, tiny_config
 
 DIGIT_BYTES = 72  # 8x8 uint8 + 8 bytes of label/shape (data.images.sample_nbytes)
@@ -80,6 +83,43 @@ def test_ewc_penalty_and_fisher_update_by_hand():
     updated = fisher_update(torch.tensor([1.0, 0.0]), torch.tensor([2.0, -3.0]), ema=0.25)
     assert updated.tolist() == pytest.approx([0.75 + 0.25 * 4, 0.25 * 9])
     assert ewc_flops(10, 4) == 7 * 10 + 4 * 4
+    # grad 3 - lam 2 * F 0.5 * (p 4 - anchor 1) = 0
+    assert task_gradient(torch.tensor([3.0]), torch.tensor([0.5]), torch.tensor([4.0]), torch.tensor([1.0]), 2.0) == 0
+
+
+@pytest.mark.parametrize("fisher_of", ["task_loss", "total_loss"])
+def test_ewc_fisher_squares_the_gradient_it_is_told_to(fisher_of):
+    """One backward of task loss + penalty; the Fisher must equal the EMA of the squared task-loss gradient (computed
+    by its own backward) or, with total_loss, of the whole gradient."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    charges = []
+    ctx = types.SimpleNamespace(
+        model=model, add_callback=lambda cb: None, charge=lambda item, flops, **kw: charges.append(flops)
+    )
+    ewc = EWC(ewc_lambda=50.0, ewc_fisher_ema=0.5, ewc_fisher_of=fisher_of)
+    ewc.setup(ctx)
+    ewc.fisher = [torch.rand_like(f) for f in ewc.fisher]
+    ewc.anchor = [p.detach() + 0.3 for p in ewc.params]
+    x = torch.randn(4, 3)
+    task_grads = torch.autograd.grad(model(x).pow(2).sum(), ewc.params)
+    penalty = ewc.extra_loss(ctx, {}, None)
+    total_grads = torch.autograd.grad(model(x).pow(2).sum() + penalty, ewc.params)
+    assert not torch.allclose(task_grads[0], total_grads[0])  # the penalty does move the gradient
+    for p, g in zip(ewc.params, total_grads):
+        p.grad = g
+    squared = task_grads if fisher_of == "task_loss" else total_grads
+    expected = [fisher_update(f, g, 0.5) for f, g in zip(ewc.fisher, squared)]
+    ewc.update_fisher(ctx)
+    for f, e in zip(ewc.fisher, expected):
+        torch.testing.assert_close(f, e)
+    n = sum(p.numel() for p in ewc.params)
+    assert charges[-1] == ewc_flops(0, n, n if fisher_of == "task_loss" else 0)
+
+
+def test_ewc_fisher_of_must_be_known():
+    with pytest.raises(ConfigError, match="ewc_fisher_of"):
+        EWC(ewc_fisher_of="penalty")
 
 
 def test_uint8_quantisation_round_trip():
