@@ -148,6 +148,19 @@ def timing(params: dict, commands: list[str]) -> str:
     )
 
 
+def diverged(results: list[dict]) -> str:
+    """The runs that skipped batches for a non-finite loss: their rows average a run that stopped learning."""
+    hit = [r for r in sorted(results, key=lambda r: (r["label"]["method"], r["seed"])) if r["skipped_nonfinite_batches"]]
+    if not hit:
+        return ""
+    listed = "; ".join(
+        f"`{r['label']['method']}` seed {r['seed']}: {r['skipped_nonfinite_batches']} batches skipped, "
+        f"{r['iterations']} trained"
+        for r in hit
+    )
+    return f"Runs whose loss became non-finite (the batch is skipped, the run goes on): {listed}."
+
+
 def table(params: dict, results: list[dict]) -> str:
     runs = group(sorted(results, key=lambda r: r["seed"]), lambda r: r["label"]["method"])
     first = next(iter(runs.values()))[0]
@@ -206,6 +219,8 @@ def table(params: dict, results: list[dict]) -> str:
         alsar = min(runs["alsar"], key=lambda r: r["seed"])
         hist = ", ".join(f"{k}: {v}" for k, v in alsar["frozen_blocks_histogram"].items())
         lines += ["", f"aL-SAR frozen-prefix histogram (seed {alsar['seed']}, frozen blocks: iterations): {hist}."]
+    if diverged(results):
+        lines += ["", diverged(results)]
     label = "Command" if len(commands) == 1 else "Commands"
     lines += ["", f"{label}: " + "; ".join(f"`{c}`" for c in commands), ""]
     return "\n".join(lines)
