@@ -150,7 +150,9 @@ def timing(params: dict, commands: list[str]) -> str:
 
 def diverged(results: list[dict]) -> str:
     """The runs that skipped batches for a non-finite loss: their rows average a run that stopped learning."""
-    hit = [r for r in sorted(results, key=lambda r: (r["label"]["method"], r["seed"])) if r["skipped_nonfinite_batches"]]
+    hit = [
+        r for r in sorted(results, key=lambda r: (r["label"]["method"], r["seed"])) if r["skipped_nonfinite_batches"]
+    ]
     if not hit:
         return ""
     listed = "; ".join(

@@ -8,6 +8,7 @@ counted, Qwen2-VL through the same code, and the saved checkpoint reloading offl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -83,6 +84,11 @@ def test_results_report_a_last_next_to_the_majority_baseline(alsar_run):
         p.numel() for p in trainer.model.parameters() if p.requires_grad
     )
     assert os.path.isfile(os.path.join(out, "stream.json")) and os.path.isfile(os.path.join(out, "README.md"))
+    # The base it started from: the tiny model built into base_model/, named by the hash of its weights file.
+    base = os.path.join(out, "base_model")
+    with open(os.path.join(base, "model.safetensors"), "rb") as f:
+        digest = hashlib.sha256(b"model.safetensors\0" + f.read())
+    assert results["base_model"] == {"path": base, "weights_sha256": digest.hexdigest()[:16]}
 
 
 def test_lora_blocks_are_the_decoder_adapters_and_adaptive_freezing_acts_on_them(alsar_run):

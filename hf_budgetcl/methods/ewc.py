@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .er import ER
 from ..utils.errors import ConfigError
+from .er import ER
 from .options import MethodOptions
 
 

@@ -351,6 +351,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     from ..data.vqa import vqa_sample_nbytes
     from ..evaluation.task_matrix import TaskMatrix
     from ..evaluation.vqa import VQAEvaluator
+    from ..models.fingerprint import weights_fingerprint
     from ..training.trainer import BudgetedCLTrainer
 
     set_seed(config.seed)
@@ -391,6 +392,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, config: BudgetedC
     trainer.card_kwargs["finetuned_from"] = (
         None if model_args.model_name_or_path in TINY_MODELS else model_args.model_name_or_path
     )
+    trainer.run_facts["base_model"] = weights_fingerprint(base_path)
     trainer.run_arguments.record(model_args, data_args)  # a resume with another model or data refuses
     trainer.train()  # ends with the atomic finish: model (LoRA: the adapter), processor, results, card, stream.json
     return trainer

@@ -210,6 +210,8 @@ class BudgetedCLTrainer(Trainer):
         # gave) and files copied unchanged into the finished folder ({name in output_dir: source path}).
         self.card_kwargs: dict[str, Any] = {}
         self.final_copies: dict[str, str] = {}
+        # Facts about the run that a recipe adds to results.json (e.g. the base's weights fingerprint).
+        self.run_facts: dict[str, Any] = {}
         self._pending_eval: list[int] = []
         self.add_callback(StreamControlCallback(self))
         self.run_arguments = RunArguments(  # the resume guard: a checkpoint continues only the run that wrote it
@@ -559,6 +561,7 @@ class BudgetedCLTrainer(Trainer):
             "iterations_per_s": steps / train_time_s if train_time_s > 0 else float("nan"),
             "world_size": self.world_size,
             "hf_budgetcl_version": __version__,
+            **self.run_facts,
             # evaluator-specific figures, e.g. the VQA evaluator's majority_baseline next to A_last
             **dict(getattr(self.evaluator, "extra_results", None) or {}),
             # and callbacks' figures, e.g. the accuracy matrix of the task-boundary evaluation
