@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 from hf_budgetcl.compare import publish
@@ -163,6 +164,16 @@ def diverged(results: list[dict]) -> str:
     return f"Runs whose loss became non-finite (the batch is skipped, the run goes on): {listed}."
 
 
+def bases(results: list[dict]) -> str:
+    """Which base weights the runs started from (results.json records their hash since 2026-12-07)."""
+    hashes = Counter((r.get("base_model") or {}).get("weights_sha256") for r in results)
+    if set(hashes) == {None}:
+        return ""
+    named = [f"`{h}` ({n} runs)" for h, n in sorted(hashes.items(), key=lambda kv: str(kv[0])) if h is not None]
+    unknown = f"; not recorded by {hashes[None]} earlier runs" if hashes[None] else ""
+    return f"Base weights (sha256 of the safetensors): {', '.join(named)}{unknown}."
+
+
 def table(params: dict, results: list[dict]) -> str:
     runs = group(sorted(results, key=lambda r: r["seed"]), lambda r: r["label"]["method"])
     first = next(iter(runs.values()))[0]
@@ -221,8 +232,9 @@ def table(params: dict, results: list[dict]) -> str:
         alsar = min(runs["alsar"], key=lambda r: r["seed"])
         hist = ", ".join(f"{k}: {v}" for k, v in alsar["frozen_blocks_histogram"].items())
         lines += ["", f"aL-SAR frozen-prefix histogram (seed {alsar['seed']}, frozen blocks: iterations): {hist}."]
-    if diverged(results):
-        lines += ["", diverged(results)]
+    for note in (diverged(results), bases(results)):
+        if note:
+            lines += ["", note]
     label = "Command" if len(commands) == 1 else "Commands"
     lines += ["", f"{label}: " + "; ".join(f"`{c}`" for c in commands), ""]
     return "\n".join(lines)
