@@ -3,6 +3,8 @@ import json
 import pytest
 
 from hf_budgetcl.cli import main
+from hf_budgetcl.compare.cli import split_methods
+from hf_budgetcl.compare.grid import GridError
 from hf_budgetcl.compare.summary import summarize
 from hf_budgetcl.compare.tables import to_markdown
 
@@ -19,6 +21,7 @@ def _fake(method, seed, auc, flops):
         "backward_flops_saved_fraction": 0.0,
         "memory_bytes": {"total": 2_000_000},
         "memory_budget_bytes": 2_500_000,
+        "memory_slots": 50,
         "flops_budget": None,
         "iterations": 100,
         "samples_seen": 100,
@@ -37,6 +40,33 @@ def test_summary_mean_and_sample_std():
     assert "| er | 1,2 | 60.00 ± 14.14 |" in md and "failed: boom" in md
 
 
+def test_every_method_is_paired_by_seed_with_the_first_one():
+    runs = [
+        _fake("er", 1, 0.5, 1e12),
+        _fake("er", 2, 0.7, 1e12),
+        _fake("alsar", 2, 0.6, 1e12),
+        _fake("alsar", 1, 0.6, 1e12),
+    ]
+    summary = summarize(runs, ["er", "alsar"])
+    # seed 1: 0.6 - 0.5, seed 2: 0.6 - 0.7
+    assert summary["alsar"]["delta_A_auc"] == pytest.approx(0.0) and summary["alsar"][
+        "delta_A_auc_std"
+    ] == pytest.approx(0.141421, 1e-4)
+    assert "paired_with" not in summary["er"]
+    md = to_markdown(summary)
+    assert "Δ A_AUC vs er, paired" in md and "| alsar | 2,1 | 60.00 ± 0.00 | 60.00 ± 0.00 | 0.00 ± 14.14 |" in md
+
+
+def test_methods_list_keeps_a_variants_options_together():
+    assert split_methods("er,alsar:budget_matching=spend_savings,ema=0.01,replay") == [
+        "er",
+        "alsar:budget_matching=spend_savings,ema=0.01",
+        "replay",
+    ]
+    with pytest.raises(GridError, match="ema=0.01"):
+        split_methods("er,ema=0.01")
+
+
 def test_summary_of_one_seed_without_forgetting_shows_no_spread():
     run = {**_fake("er", 1, 0.5, 1e12), "F_last": float("nan")}  # a single evaluation: forgetting undefined
     md = to_markdown(summarize([run], ["er"]))
@@ -51,7 +81,7 @@ def test_compare_command_end_to_end(tmp_path, capsys):
             "--config",
             "recipes/configs/digits_er.yaml",
             "--methods",
-            "er,replay",
+            "er,replay,er:memory_size=4",
             "--seeds",
             "1",
             "--output_dir",
@@ -71,10 +101,12 @@ def test_compare_command_end_to_end(tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["summary"]) == {"er", "replay"}
+    assert set(summary["summary"]) == {"er", "replay", "er:memory_size=4"}
     for run in summary["runs"]:
         assert run["train_flops"] <= run["flops_budget"] == pytest.approx(5e7 * 80)
         assert run["memory_bytes"]["total"] <= run["memory_budget_bytes"]
+    slots = {run["method"]: run["memory_slots"] for run in summary["runs"]}
+    assert slots["er:memory_size=4"] == 4 < slots["er"]  # the variant's option reached its run, and only its run
     assert "| er | 1 |" in (out / "summary.md").read_text()
     assert (out / "accuracy_vs_flops.png").stat().st_size > 1000
     assert (out / "per_class_accuracy.png").stat().st_size > 1000

@@ -2,6 +2,10 @@
 
     hf-budgetcl compare --config recipes/configs/fashion_mnist_er.yaml --methods er,replay,alsar --seeds 1,2,3 \\
         --output_dir out/compare [--jobs 2] [-- --eval_period 1000 ...overrides for every run]
+    hf-budgetcl compare ... --methods er,alsar,alsar:budget_matching=spend_savings,ema=0.01   # a variant of alsar
+
+A variant ``name:key=value,...`` is a row of its own, run with ``--key value`` after the common overrides; in
+``--methods`` an item with ``=`` and no ``:`` is one more option of the variant before it.
 
 Each run is a separate ``hf-budgetcl run`` process (one torch thread each, ``--jobs`` at a time), so runs do not
 share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged
@@ -20,24 +24,43 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .grid import Run, run_grid, validate
+from .grid import GridError, Run, run_grid, validate, variant_dirname, variant_flags
 from .summary import summarize
 from .tables import to_markdown
+
+
+def split_methods(text: str) -> list[str]:
+    """``"er,alsar:a=1,b=2,replay"`` -> ``["er", "alsar:a=1,b=2", "replay"]``: a method name never holds ``=``, so an
+    item with ``=`` and no ``:`` continues the variant before it."""
+    methods: list[str] = []
+    for item in (m.strip() for m in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item:
+            if not methods or ":" not in methods[-1]:
+                raise GridError(f"--methods: option {item!r} follows no variant (name:key=value,...)")
+            methods[-1] += f",{item}"
+        else:
+            methods.append(item)
+    return methods
 
 
 def declare(
     config: str, methods: Sequence[str], seeds: Sequence[int], output_dir: str, overrides: Sequence[str] = ()
 ) -> list[Run]:
-    """The grid of a compare: every method × seed, in ``output_dir/<method>_seed<seed>``."""
-    return [
-        Run(
-            Path(output_dir, f"{method.replace('+', '_')}_seed{seed}"),
-            ["--config", config, "--method", method, "--seed", seed, *overrides],
-            label={"method": method, "seed": seed},
-        )
-        for method in methods
-        for seed in seeds
-    ]
+    """The grid of a compare: every method (or variant) × seed, in ``output_dir/<method>_seed<seed>``."""
+    runs = []
+    for method in methods:
+        name, flags = variant_flags(method)
+        for seed in seeds:
+            runs.append(
+                Run(
+                    Path(output_dir, f"{variant_dirname(method).replace('+', '_')}_seed{seed}"),
+                    ["--config", config, "--method", name, "--seed", seed, *overrides, *flags],
+                    label={"method": method, "seed": seed},
+                )
+            )
+    return runs
 
 
 def compare(
@@ -65,8 +88,9 @@ def compare(
 
         threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
         outcomes = run_grid(runs, jobs=jobs, threads=threads, rerun=rerun, on_done=done)
-    # The runs as summary.json has always listed them: method and seed first, no grid label.
-    results = [{**r.pop("label"), **r} for r in outcomes]
+    # The runs as summary.json has always listed them: method and seed first, no grid label. The label's method wins:
+    # a variant's results.json names only its method.
+    results = [{**(label := r.pop("label")), **{k: v for k, v in r.items() if k not in label}} for r in outcomes]
     summary = summarize(results, methods)
     result = {
         "config": config,
@@ -127,7 +151,7 @@ def main(argv: Sequence[str]) -> int:
     else:
         if not args.config or not args.methods:
             parser.error("--config and --methods are required (unless --table_only)")
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        methods = split_methods(args.methods)
         seeds = [int(s) for s in args.seeds.split(",")]
         result = compare(args.config, methods, seeds, args.output_dir, args.jobs, overrides, args.rerun)
     print(to_markdown(result["summary"]))

@@ -48,8 +48,11 @@ def group(results: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list
 
 
 def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
-    """Per method: mean and std of the headline metrics over its successful runs, or the errors of its failed ones."""
+    """Per method: mean and std of the headline metrics over its successful runs, or the errors of its failed ones.
+    Every other method is also paired by seed with the first one listed (``delta_A_auc``, ``delta_A_last``: mean and
+    std over the seeds both have)."""
     summary: dict[str, Any] = {}
+    reference = [r for r in runs if methods and r["method"] == methods[0] and "error" not in r]
     for method in methods:
         ok = [r for r in runs if r["method"] == method and "error" not in r]
         if not ok:
@@ -61,7 +64,13 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
         row["memory_bytes"] = float(np.mean([r["memory_bytes"]["total"] for r in ok]))
         row["memory_budget_bytes"] = ok[0]["memory_budget_bytes"]
         row["flops_budget"] = ok[0]["flops_budget"]
+        row["memory_slots"] = float(np.mean([r["memory_slots"] for r in ok]))
         row["iterations"] = float(np.mean([r["iterations"] for r in ok]))
+        pairs = paired(ok, reference) if method != methods[0] else []
+        if pairs:
+            row["paired_with"] = methods[0]
+            for key in ("A_auc", "A_last"):
+                row[f"delta_{key}"], row[f"delta_{key}_std"] = mean_and_std([a[key] - b[key] for a, b in pairs])
         row["train_samples_per_s"] = float(
             np.mean([r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok])
         )

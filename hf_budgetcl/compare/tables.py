@@ -27,20 +27,23 @@ def _pm(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 2) ->
 
 def to_markdown(summary: dict[str, Any]) -> str:
     """The ``summary.md`` table of ``hf-budgetcl compare``."""
+    reference = next(iter(summary), "")
     lines = [
-        "| method | seeds | A_AUC | A_last | F_last | TFLOPs | bwd saved | memory MB | iterations | "
-        "train samples/s | wall-clock s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| method | seeds | A_AUC | A_last | Δ A_AUC vs {reference}, paired | Δ A_last vs {reference}, paired | F_last "
+        "| TFLOPs | bwd saved | memory MB | slots | iterations | train samples/s | wall-clock s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, row in summary.items():
         if "errors" in row:
-            lines.append(f"| {method} | failed: {row['errors'][0]} |" + " |" * 9)
+            lines.append(f"| {method} | failed: {row['errors'][0]} |" + " |" * 12)
             continue
+        deltas = [_pm(row, f"delta_{key}") if "paired_with" in row else "–" for key in ("A_auc", "A_last")]
         lines.append(
             f"| {method} | {','.join(map(str, row['seeds']))} "
-            f"| {_pm(row, 'A_auc')} | {_pm(row, 'A_last')} | {_pm(row, 'F_last')} "
+            f"| {_pm(row, 'A_auc')} | {_pm(row, 'A_last')} | {deltas[0]} | {deltas[1]} | {_pm(row, 'F_last')} "
             f"| {row['train_flops'] / 1e12:.3f} | {100 * row['backward_flops_saved_fraction']:.1f}% "
-            f"| {row['memory_bytes'] / 1e6:.2f} | {row['iterations']:.0f} | {row['train_samples_per_s']:.1f} "
+            f"| {row['memory_bytes'] / 1e6:.2f} | {row['memory_slots']:.0f} | {row['iterations']:.0f} "
+            f"| {row['train_samples_per_s']:.1f} "
             f"| {_pm(row, 'wall_time_s', 1.0, 0)} |"
         )
     return "\n".join(lines) + "\n"
