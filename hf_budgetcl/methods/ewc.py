@@ -8,8 +8,7 @@ State: a running diagonal Fisher ``F`` and anchor parameters ``theta*``, one val
   whole loss (:func:`task_gradient`), so no second backward is needed. The online EWC++ implementations of the
   online-CL code bases use the whole loss's gradient (``ewc_fisher_of=total_loss``). That feeds the penalty back into
   ``F``: ``F_new ~ a lambda^2 F^2 (theta - theta*)^2`` grows faster than exponentially once
-  ``a lambda^2 F (theta - theta*)^2 > 1``, and the loss overflows (LLaVA and Qwen2-VL LoRA on the MCIT stream: loss
-  9e26 after 1,205 iterations, every later batch non-finite).
+  ``a lambda^2 F (theta - theta*)^2 > 1``, and the loss overflows (it did with LoRA on both stage-1 VLM bases).
 * Anchor: the stream has no task boundaries, so the first arrival of a new class stands in for one: when a stream row
   of an unseen class is trained (after the first class), ``theta*`` is set to the current parameters. Before the
   first anchor the penalty is 0.
