@@ -63,6 +63,7 @@ def test_methods_list_keeps_a_variants_options_together():
         "alsar:budget_matching=spend_savings,ema=0.01",
         "replay",
     ]
+    assert split_methods("er,er:online_iter=2,freeze=static:1") == ["er", "er:online_iter=2,freeze=static:1"]
     with pytest.raises(GridError, match="ema=0.01"):
         split_methods("er,ema=0.01")
 
