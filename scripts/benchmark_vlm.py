@@ -150,9 +150,11 @@ def timing(params: dict, commands: list[str]) -> str:
 
 
 def diverged(results: list[dict]) -> str:
-    """The runs that skipped batches for a non-finite loss: their rows average a run that stopped learning."""
+    """The runs that skipped batches for a non-finite loss: their rows include batches that trained nothing."""
     hit = [
-        r for r in sorted(results, key=lambda r: (r["label"]["method"], r["seed"])) if r["skipped_nonfinite_batches"]
+        r
+        for r in sorted(results, key=lambda r: (r["label"]["method"], r["seed"]))
+        if r.get("skipped_nonfinite_batches")
     ]
     if not hit:
         return ""
@@ -171,7 +173,8 @@ def bases(results: list[dict]) -> str:
         return ""
     named = [f"`{h}` ({n} runs)" for h, n in sorted(hashes.items(), key=lambda kv: str(kv[0])) if h is not None]
     unknown = f"; not recorded by {hashes[None]} earlier runs" if hashes[None] else ""
-    return f"Base weights (sha256 of the safetensors): {', '.join(named)}{unknown}."
+    mixed = " The runs started from different bases: compare them only within one base." if len(named) > 1 else ""
+    return f"Base weights (sha256 of the safetensors): {', '.join(named)}{unknown}.{mixed}"
 
 
 def table(params: dict, results: list[dict]) -> str:

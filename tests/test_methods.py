@@ -117,9 +117,14 @@ def test_ewc_fisher_squares_the_gradient_it_is_told_to(fisher_of):
     assert charges[-1] == ewc_flops(0, n, n if fisher_of == "task_loss" else 0)
 
 
-def test_ewc_fisher_of_must_be_known():
+def test_ewc_fisher_of_must_be_known_and_task_loss_refuses_clipping():
     with pytest.raises(ConfigError, match="ewc_fisher_of"):
         EWC(ewc_fisher_of="penalty")
+    clipped = types.SimpleNamespace(max_grad_norm=1.0)
+    with pytest.raises(ConfigError, match="max_grad_norm"):
+        EWC(clipped)
+    assert EWC(clipped, ewc_fisher_of="total_loss").options.ewc_fisher_of == "total_loss"
+    assert EWC(types.SimpleNamespace(max_grad_norm=0.0)).options.ewc_fisher_of == "task_loss"
 
 
 def test_uint8_quantisation_round_trip():

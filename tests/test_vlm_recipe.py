@@ -88,7 +88,11 @@ def test_results_report_a_last_next_to_the_majority_baseline(alsar_run):
     base = os.path.join(out, "base_model")
     with open(os.path.join(base, "model.safetensors"), "rb") as f:
         digest = hashlib.sha256(b"model.safetensors\0" + f.read())
-    assert results["base_model"] == {"path": base, "weights_sha256": digest.hexdigest()[:16]}
+    assert results["base_model"] == {
+        "path": base,
+        "weights_sha256": digest.hexdigest()[:16],
+        "weights_bytes": os.path.getsize(os.path.join(base, "model.safetensors")),
+    }
 
 
 def test_lora_blocks_are_the_decoder_adapters_and_adaptive_freezing_acts_on_them(alsar_run):

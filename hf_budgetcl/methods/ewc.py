@@ -5,7 +5,8 @@ State: a running diagonal Fisher ``F`` and anchor parameters ``theta*``, one val
 * Fisher: after every backward (``on_pre_optimizer_step``), ``F <- (1 - a) F + a g^2`` on the parameters that
   received a gradient (``a`` = ``ewc_fisher_ema``; :func:`fisher_update`). ``g`` is the gradient of the task loss:
   the penalty's own gradient ``lambda F (theta - theta*)`` is known in closed form and taken off the gradient of the
-  whole loss (:func:`task_gradient`), so no second backward is needed. The online EWC++ implementations of the
+  whole loss (:func:`task_gradient`), so no second backward is needed; exact for float32 gradients without clipping
+  (``max_grad_norm`` must be 0; with bf16 gradients about 2^-9 of the penalty's share remains). The online EWC++ implementations of the
   online-CL code bases use the whole loss's gradient (``ewc_fisher_of=total_loss``). That feeds the penalty back into
   ``F``: ``F_new ~ a lambda^2 F^2 (theta - theta*)^2`` grows faster than exponentially once
   ``a lambda^2 F (theta - theta*)^2 > 1``, and the loss overflows (it did with LoRA on both stage-1 VLM bases).
@@ -98,6 +99,13 @@ class EWC(ER):
 
     def __init__(self, config: Any = None, **options: Any):
         super().__init__(config, **options)
+        if self.options.ewc_fisher_of == "task_loss" and float(getattr(config, "max_grad_norm", 0.0) or 0.0) > 0:
+            # Clipping scales p.grad before on_pre_optimizer_step; the unscaled penalty gradient would then be taken
+            # off a scaled total, and the penalty's share would come back into F.
+            raise ConfigError(
+                "ewc_fisher_of=task_loss needs max_grad_norm 0 (clipping rescales the gradient the penalty's share is "
+                "taken from); use ewc_fisher_of=total_loss or no clipping"
+            )
         self.lam, self.fisher_ema = self.options.ewc_lambda, self.options.ewc_fisher_ema
         self.params: list[torch.nn.Parameter] = []
         self.fisher: list[torch.Tensor] = []
