@@ -33,7 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from hf_budgetcl.compare import publish
-from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid, variant_dirname, variant_flags
+from hf_budgetcl.compare.grid import (
+    OFFLINE_ENV,
+    Run,
+    completed,
+    run_grid,
+    split_methods,
+    variant_dirname,
+    variant_flags,
+)
 from hf_budgetcl.compare.summary import group, mean_std, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
 from hf_budgetcl.data.idx import FASHION_MNIST_LABELS
@@ -173,8 +181,7 @@ def plain_loop(seed: int, per_class_train: int, per_class_test: int, out: str) -
 def declare(args: argparse.Namespace) -> list[Run]:
     """Each plain run next to the hf_budgetcl runs of its seed, so that the two share the machine's load."""
     seeds = [int(s) for s in args.seeds.split(",")]
-    # "er,alsar" or one variant per argument ("name:key=value,...": its commas separate options)
-    methods = [m for a in args.methods for m in ([a] if ":" in a else a.split(",")) if m]
+    methods = [m for a in args.methods for m in split_methods(a)]
     plain_seeds = [int(s) for s in (args.seeds if args.plain_seeds is None else args.plain_seeds).split(",") if s]
     sizes = ["--per_class_train", args.per_class_train, "--per_class_test", args.per_class_test]
     runs = []

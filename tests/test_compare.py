@@ -3,8 +3,7 @@ import json
 import pytest
 
 from hf_budgetcl.cli import main
-from hf_budgetcl.compare.cli import split_methods
-from hf_budgetcl.compare.grid import GridError
+from hf_budgetcl.compare.grid import GridError, split_methods
 from hf_budgetcl.compare.summary import summarize
 from hf_budgetcl.compare.tables import to_markdown
 

@@ -24,25 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .grid import GridError, Run, run_grid, validate, variant_dirname, variant_flags
+from .grid import Run, run_grid, split_methods, validate, variant_dirname, variant_flags
 from .summary import summarize
 from .tables import to_markdown
-
-
-def split_methods(text: str) -> list[str]:
-    """``"er,alsar:a=1,b=2,replay"`` -> ``["er", "alsar:a=1,b=2", "replay"]``: a method name never holds ``=``, so an
-    item with ``=`` before any ``:`` (``b=2``, ``freeze=static:1``) continues the variant before it."""
-    methods: list[str] = []
-    for item in (m.strip() for m in text.split(",")):
-        if not item:
-            continue
-        if "=" in item.partition(":")[0]:
-            if not methods or ":" not in methods[-1]:
-                raise GridError(f"--methods: option {item!r} follows no variant (name:key=value,...)")
-            methods[-1] += f",{item}"
-        else:
-            methods.append(item)
-    return methods
 
 
 def declare(

@@ -88,6 +88,22 @@ def variant_flags(entry: str) -> tuple[str, list[str]]:
     return name, [x for k, v in pairs for x in (f"--{k}", v)]
 
 
+def split_methods(text: str) -> list[str]:
+    """``"er,alsar:a=1,b=2,replay"`` -> ``["er", "alsar:a=1,b=2", "replay"]``: a method name never holds ``=``, so an
+    item with ``=`` before any ``:`` (``b=2``, ``freeze=static:1``) continues the variant before it."""
+    methods: list[str] = []
+    for item in (m.strip() for m in text.split(",")):
+        if not item:
+            continue
+        if "=" in item.partition(":")[0]:
+            if not methods or ":" not in methods[-1]:
+                raise GridError(f"--methods: option {item!r} follows no variant (name:key=value,...)")
+            methods[-1] += f",{item}"
+        else:
+            methods.append(item)
+    return methods
+
+
 def variant_dirname(entry: str) -> str:
     """A run directory name for a ``name:key=value,...`` entry (no path separators)."""
     return entry.replace(":", "+").replace(",", "+").replace("/", "_")

@@ -136,17 +136,16 @@ class EWC(ER):
         return ewc_penalty(self.params, self.fisher, self.anchor, self.lam)
 
     def update_fisher(self, ctx) -> None:
-        updated, corrected = 0, 0
+        updated = 0
         take_penalty_off = self.anchor is not None and self.options.ewc_fisher_of == "task_loss"
         for k, p in enumerate(self.params):
             if p.grad is not None and torch.isfinite(p.grad).all():
                 grad = p.grad
                 if take_penalty_off:  # F is still the one the penalty of this step used
                     grad = task_gradient(grad, self.fisher[k], p, self.anchor[k], self.lam)
-                    corrected += p.numel()
                 self.fisher[k] = fisher_update(self.fisher[k], grad, self.fisher_ema)
                 updated += p.numel()
-        ctx.charge("ewc", ewc_flops(0, updated, corrected), on_every_rank=True)
+        ctx.charge("ewc", ewc_flops(0, updated, updated if take_penalty_off else 0), on_every_rank=True)
 
     def extra_state_bytes(self, model: torch.nn.Module, num_classes: int) -> dict[str, int]:
         n = sum(p.numel() for p in model.parameters() if p.requires_grad)
