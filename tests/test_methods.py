@@ -1,6 +1,7 @@
 """Baselines (MIR, DER++, EWC++, REMIND, GDumb, static / LISA freezing) and budget matching, on tiny inputs."""
 
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -250,6 +251,29 @@ def test_ewc_state_bytes_penalty_and_charges(tmp_path):
     assert trainer.method.anchors_taken >= 1  # disjoint stream: new classes after the first task
     assert r["flops_items"]["ewc"] > 0 and all(float(f.sum()) > 0 for f in trainer.method.fisher)
     assert r["train_flops"] <= r["flops_budget"]
+
+
+def test_ewc_task_loss_fisher_stays_finite_where_the_total_loss_fisher_overflows(tmp_path):
+    """Through the Trainer: with a large lambda and no Fisher averaging, squaring the whole loss's gradient feeds the
+    penalty back into F until the loss overflows and batches are skipped; the task-loss Fisher trains every batch."""
+    runs = {}
+    for fisher_of in ("total_loss", "task_loss"):
+        trainer = digits_trainer(
+            tmp_path / fisher_of,
+            per_class_train=15,
+            per_class_test=3,
+            method="ewc",
+            stream="disjoint",
+            method_options=f"ewc_lambda=1000,ewc_fisher_ema=1.0,ewc_fisher_of={fisher_of}",
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the skipped batches warn
+            trainer.train()
+        runs[fisher_of] = (trainer, trainer.results)
+    assert runs["total_loss"][1]["skipped_nonfinite_batches"] > 0  # the setting does overflow the old Fisher
+    trainer, task = runs["task_loss"]
+    assert task["skipped_nonfinite_batches"] == 0 and trainer.method.anchors_taken >= 1
+    assert all(torch.isfinite(f).all() for f in trainer.method.fisher)
 
 
 def test_spend_savings_buys_iterations_for_a_freezing_method(tmp_path):
