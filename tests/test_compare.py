@@ -56,6 +56,30 @@ def test_every_method_is_paired_by_seed_with_the_first_one():
     assert "Δ A_AUC vs er, paired" in md and "| alsar | 2,1 | 60.00 ± 0.00 | 60.00 ± 0.00 | 0.00 ± 14.14 |" in md
 
 
+def test_a_variant_is_also_paired_with_its_own_method():
+    runs = [
+        _fake("er", 1, 0.5, 1e12),
+        _fake("alsar", 1, 0.6, 1e12),
+        _fake("alsar", 2, 0.8, 1e12),
+        _fake("alsar:x=1", 2, 0.7, 3e12),
+        _fake("alsar:x=1", 1, 0.9, 1e12),
+        _fake("er:x=1", 1, 0.4, 1e12),
+    ]
+    summary = summarize(runs, ["er", "alsar", "alsar:x=1", "er:x=1"])
+    row = summary["alsar:x=1"]
+    # seed 1: 0.9 - 0.6, seed 2: 0.7 - 0.8; FLOPs ratios 1 and 3
+    assert row["variant_of"] == "alsar" and row["variant_seeds"] == [2, 1]
+    assert row["variant_delta_A_auc"] == pytest.approx(0.1) and row["variant_delta_A_auc_std"] == pytest.approx(
+        0.282843, 1e-4
+    )
+    assert row["variant_flops_ratio"] == pytest.approx(2.0)
+    assert row["delta_A_auc"] == pytest.approx(0.4)  # and with the first method, on the seed er has
+    assert "variant_of" not in summary["er:x=1"]  # its method is the first one: the Δ vs er says it already
+    assert "variant_of" not in summary["alsar"]
+    md = to_markdown(summary)
+    assert "| alsar:x=1 | alsar | 2,1 | 10.00 ± 28.28 | 10.00 ± 28.28 | 2.00 |" in md
+
+
 def test_methods_list_keeps_a_variants_options_together():
     assert split_methods("er,alsar:budget_matching=spend_savings,ema=0.01,replay") == [
         "er",

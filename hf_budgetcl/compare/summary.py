@@ -50,7 +50,9 @@ def group(results: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list
 def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
     """Per method: mean and std of the headline metrics over its successful runs, or the errors of its failed ones.
     Every other method is also paired by seed with the first one listed (``delta_A_auc``, ``delta_A_last``: mean and
-    std over the seeds both have)."""
+    std over the seeds both have), and a variant ``name:key=value,...`` with its method ``name`` where that is listed
+    too and is not the first (``variant_of``, ``variant_delta_A_auc``, ``variant_delta_A_last``,
+    ``variant_flops_ratio``)."""
     summary: dict[str, Any] = {}
     reference = [r for r in runs if methods and r["method"] == methods[0] and "error" not in r]
     for method in methods:
@@ -71,6 +73,16 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
             row["paired_with"] = methods[0]
             for key in ("A_auc", "A_last"):
                 row[f"delta_{key}"], row[f"delta_{key}_std"] = mean_and_std([a[key] - b[key] for a, b in pairs])
+        base = method.partition(":")[0]
+        base_runs = [r for r in runs if r["method"] == base and "error" not in r] if base != method else []
+        variant_pairs = paired(ok, base_runs) if base != methods[0] else []
+        if variant_pairs:
+            row["variant_of"] = base
+            for key in ("A_auc", "A_last"):
+                diffs = [a[key] - b[key] for a, b in variant_pairs]
+                row[f"variant_delta_{key}"], row[f"variant_delta_{key}_std"] = mean_and_std(diffs)
+            row["variant_flops_ratio"] = float(np.mean([a["train_flops"] / b["train_flops"] for a, b in variant_pairs]))
+            row["variant_seeds"] = [a["seed"] for a, _ in variant_pairs]
         row["train_samples_per_s"] = float(
             np.mean([r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok])
         )

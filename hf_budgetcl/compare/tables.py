@@ -46,4 +46,20 @@ def to_markdown(summary: dict[str, Any]) -> str:
             f"| {row['train_samples_per_s']:.1f} "
             f"| {_pm(row, 'wall_time_s', 1.0, 0)} |"
         )
+    variants = [(method, row) for method, row in summary.items() if "variant_of" in row]
+    if variants:
+        lines += [
+            "",
+            "Variants paired by seed with their own method (points; FLOPs as a ratio):",
+            "",
+            "| variant | method | seeds | Δ A_AUC, paired | Δ A_last, paired | FLOPs / method |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, row in variants:
+            seeds = {**row, "seeds": row["variant_seeds"]}
+            lines.append(
+                f"| {method} | {row['variant_of']} | {','.join(map(str, row['variant_seeds']))} "
+                f"| {_pm(seeds, 'variant_delta_A_auc')} | {_pm(seeds, 'variant_delta_A_last')} "
+                f"| {row['variant_flops_ratio']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
