@@ -8,12 +8,12 @@ from hf_budgetcl.compare.summary import summarize
 from hf_budgetcl.compare.tables import to_markdown
 
 
-def _fake(method, seed, auc, flops):
+def _fake(method, seed, auc, flops, last=None):
     return {
         "method": method,
         "seed": seed,
         "A_auc": auc,
-        "A_last": auc,
+        "A_last": auc if last is None else last,
         "F_last": 0.1,
         "train_flops": flops,
         "wall_time_s": 10.0,
@@ -59,25 +59,31 @@ def test_every_method_is_paired_by_seed_with_the_first_one():
 def test_a_variant_is_also_paired_with_its_own_method():
     runs = [
         _fake("er", 1, 0.5, 1e12),
-        _fake("alsar", 1, 0.6, 1e12),
-        _fake("alsar", 2, 0.8, 1e12),
-        _fake("alsar:x=1", 2, 0.7, 3e12),
-        _fake("alsar:x=1", 1, 0.9, 1e12),
+        _fake("alsar", 1, 0.6, 1e12, last=0.5),
+        _fake("alsar", 2, 0.8, 3e12, last=0.5),
+        _fake("alsar:x=1", 2, 0.7, 3e12, last=0.6),
+        _fake("alsar:x=1", 1, 0.9, 1e12, last=0.6),
         _fake("er:x=1", 1, 0.4, 1e12),
+        _fake("mir:x=1", 1, 0.4, 1e12),
+        {"method": "mir", "seed": 1, "error": "boom"},
+        _fake("remind", 1, 0.5, 0.0),
+        _fake("remind:x=1", 1, 0.5, 1e12),
     ]
-    summary = summarize(runs, ["er", "alsar", "alsar:x=1", "er:x=1"])
-    row = summary["alsar:x=1"]
-    # seed 1: 0.9 - 0.6, seed 2: 0.7 - 0.8; FLOPs ratios 1 and 3
+    summary = summarize(runs, ["er", "alsar:x=1", "alsar", "er:x=1", "mir", "mir:x=1", "remind", "remind:x=1"])
+    row = summary["alsar:x=1"]  # listed before its method: paired all the same
+    # A_AUC seed 1: 0.9 - 0.6, seed 2: 0.7 - 0.8; A_last +0.1 on both; FLOPs (1 + 3) / (1 + 3), not mean(1, 1)
     assert row["variant_of"] == "alsar" and row["variant_seeds"] == [2, 1]
     assert row["variant_delta_A_auc"] == pytest.approx(0.1) and row["variant_delta_A_auc_std"] == pytest.approx(
         0.282843, 1e-4
     )
-    assert row["variant_flops_ratio"] == pytest.approx(2.0)
+    assert row["variant_delta_A_last"] == pytest.approx(0.1) and row["variant_delta_A_last_std"] == pytest.approx(0)
+    assert row["variant_flops_ratio"] == pytest.approx(1.0)
     assert row["delta_A_auc"] == pytest.approx(0.4)  # and with the first method, on the seed er has
     assert "variant_of" not in summary["er:x=1"]  # its method is the first one: the Δ vs er says it already
-    assert "variant_of" not in summary["alsar"]
+    assert "variant_of" not in summary["alsar"] and "variant_of" not in summary["mir:x=1"]  # mir failed
     md = to_markdown(summary)
-    assert "| alsar:x=1 | alsar | 2,1 | 10.00 ± 28.28 | 10.00 ± 28.28 | 2.00 |" in md
+    assert "| alsar:x=1 | alsar | 2,1 | 10.00 ± 28.28 | 10.00 ± 0.00 | 1.00 |" in md
+    assert "| remind:x=1 | remind | 1 | 0.00 | 0.00 | – |" in md  # a method that trained nothing: no ratio
 
 
 def test_methods_list_keeps_a_variants_options_together():

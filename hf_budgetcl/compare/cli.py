@@ -10,7 +10,8 @@ A variant ``name:key=value,...`` is a row of its own, run with ``--key value`` a
 Each run is a separate ``hf-budgetcl run`` process (one torch thread each, ``--jobs`` at a time), so runs do not
 share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged
 (``--rerun``: run everything again).
-Writes ``summary.json``, ``summary.md`` (A_AUC ± std, A_last ± std, TFLOPs, MB, wall-clock per method),
+Writes ``summary.json``, ``summary.md`` (A_AUC ± std, A_last ± std, each paired by seed with the first method, TFLOPs,
+MB, wall-clock per method; below, each variant paired with its own method),
 ``accuracy_vs_flops.png``, ``per_class_accuracy.png`` (classes named by the runs' ``id2label``) and ``freezing.png``.
 ``--table_only`` rewrites ``summary.md`` from ``summary.json``.
 """

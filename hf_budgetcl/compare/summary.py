@@ -51,8 +51,9 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
     """Per method: mean and std of the headline metrics over its successful runs, or the errors of its failed ones.
     Every other method is also paired by seed with the first one listed (``delta_A_auc``, ``delta_A_last``: mean and
     std over the seeds both have), and a variant ``name:key=value,...`` with its method ``name`` where that is listed
-    too and is not the first (``variant_of``, ``variant_delta_A_auc``, ``variant_delta_A_last``,
-    ``variant_flops_ratio``)."""
+    too and is not the first (``variant_of``, ``variant_delta_A_auc``, ``variant_delta_A_last``, and
+    ``variant_flops_ratio``: mean training FLOPs over the paired seeds, variant over method, nan if the method's is
+    0). A variant whose method failed or shares no seed with it is not paired."""
     summary: dict[str, Any] = {}
     reference = [r for r in runs if methods and r["method"] == methods[0] and "error" not in r]
     for method in methods:
@@ -81,7 +82,10 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
             for key in ("A_auc", "A_last"):
                 diffs = [a[key] - b[key] for a, b in variant_pairs]
                 row[f"variant_delta_{key}"], row[f"variant_delta_{key}_std"] = mean_and_std(diffs)
-            row["variant_flops_ratio"] = float(np.mean([a["train_flops"] / b["train_flops"] for a, b in variant_pairs]))
+            base_flops = float(np.mean([b["train_flops"] for _, b in variant_pairs]))
+            row["variant_flops_ratio"] = (
+                float(np.mean([a["train_flops"] for a, _ in variant_pairs])) / base_flops if base_flops > 0 else np.nan
+            )
             row["variant_seeds"] = [a["seed"] for a, _ in variant_pairs]
         row["train_samples_per_s"] = float(
             np.mean([r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok])

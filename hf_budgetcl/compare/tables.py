@@ -57,9 +57,10 @@ def to_markdown(summary: dict[str, Any]) -> str:
         ]
         for method, row in variants:
             seeds = {**row, "seeds": row["variant_seeds"]}
+            ratio = row["variant_flops_ratio"]
             lines.append(
                 f"| {method} | {row['variant_of']} | {','.join(map(str, row['variant_seeds']))} "
                 f"| {_pm(seeds, 'variant_delta_A_auc')} | {_pm(seeds, 'variant_delta_A_last')} "
-                f"| {row['variant_flops_ratio']:.2f} |"
+                f"| {f'{ratio:.2f}' if np.isfinite(ratio) else '–'} |"
             )
     return "\n".join(lines) + "\n"
