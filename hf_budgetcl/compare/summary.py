@@ -47,6 +47,14 @@ def group(results: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list
     return groups
 
 
+def paired_deltas(pairs: Sequence[tuple[dict, dict]], prefix: str) -> dict[str, float]:
+    """``{prefix}A_auc``, ``{prefix}A_last`` and their ``_std``: mean and std over ``pairs`` of run minus baseline."""
+    out: dict[str, float] = {}
+    for key in ("A_auc", "A_last"):
+        out[f"{prefix}{key}"], out[f"{prefix}{key}_std"] = mean_and_std([a[key] - b[key] for a, b in pairs])
+    return out
+
+
 def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
     """Per method: mean and std of the headline metrics over its successful runs, or the errors of its failed ones.
     Every other method is also paired by seed with the first one listed (``delta_A_auc``, ``delta_A_last``: mean and
@@ -72,16 +80,13 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
         pairs = paired(ok, reference) if method != methods[0] else []
         if pairs:
             row["paired_with"] = methods[0]
-            for key in ("A_auc", "A_last"):
-                row[f"delta_{key}"], row[f"delta_{key}_std"] = mean_and_std([a[key] - b[key] for a, b in pairs])
+            row.update(paired_deltas(pairs, "delta_"))
         base = method.partition(":")[0]
         base_runs = [r for r in runs if r["method"] == base and "error" not in r] if base != method else []
         variant_pairs = paired(ok, base_runs) if base != methods[0] else []
         if variant_pairs:
             row["variant_of"] = base
-            for key in ("A_auc", "A_last"):
-                diffs = [a[key] - b[key] for a, b in variant_pairs]
-                row[f"variant_delta_{key}"], row[f"variant_delta_{key}_std"] = mean_and_std(diffs)
+            row.update(paired_deltas(variant_pairs, "variant_delta_"))
             base_flops = float(np.mean([b["train_flops"] for _, b in variant_pairs]))
             row["variant_flops_ratio"] = (
                 float(np.mean([a["train_flops"] for a, _ in variant_pairs])) / base_flops if base_flops > 0 else np.nan

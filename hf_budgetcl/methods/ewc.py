@@ -6,10 +6,10 @@ State: a running diagonal Fisher ``F`` and anchor parameters ``theta*``, one val
   received a gradient (``a`` = ``ewc_fisher_ema``; :func:`fisher_update`). ``g`` is the gradient of the task loss:
   the penalty's own gradient ``lambda F (theta - theta*)`` is known in closed form and taken off the gradient of the
   whole loss (:func:`task_gradient`), so no second backward is needed; exact for float32 gradients without clipping
-  (``max_grad_norm`` must be 0; with bf16 gradients about 2^-9 of the penalty's share remains). The online EWC++ implementations of the
-  online-CL code bases use the whole loss's gradient (``ewc_fisher_of=total_loss``). That feeds the penalty back into
-  ``F``: ``F_new ~ a lambda^2 F^2 (theta - theta*)^2`` grows faster than exponentially once
-  ``a lambda^2 F (theta - theta*)^2 > 1``, and the loss overflows (it did with LoRA on both stage-1 VLM bases).
+  (``max_grad_norm`` must be 0; with bf16 gradients about 2^-9 of the penalty's share remains). The online EWC++
+  implementations of the online-CL code bases use the whole loss's gradient (``ewc_fisher_of=total_loss``). That
+  feeds the penalty back into ``F``: ``F_new ~ a lambda^2 F^2 (theta - theta*)^2`` grows faster than exponentially
+  once ``a lambda^2 F (theta - theta*)^2 > 1``, and the loss overflows (it did with LoRA on both stage-1 VLM bases).
 * Anchor: the stream has no task boundaries, so the first arrival of a new class stands in for one: when a stream row
   of an unseen class is trained (after the first class), ``theta*`` is set to the current parameters. Before the
   first anchor the penalty is 0.
