@@ -3,6 +3,7 @@ import json
 import pytest
 
 from hf_budgetcl.cli import main
+from hf_budgetcl.compare.cli import declare
 from hf_budgetcl.compare.grid import GridError, split_methods
 from hf_budgetcl.compare.summary import summarize
 from hf_budgetcl.compare.tables import to_markdown
@@ -95,6 +96,20 @@ def test_methods_list_keeps_a_variants_options_together():
     assert split_methods("er,er:online_iter=2,freeze=static:1") == ["er", "er:online_iter=2,freeze=static:1"]
     with pytest.raises(GridError, match="ema=0.01"):
         split_methods("er,ema=0.01")
+
+
+def test_an_escaped_comma_stays_inside_a_variants_value(tmp_path):
+    entries = split_methods(r"er,er:method_options=sar_temperature=0.1\,sar_decay_k=2,online_iter=2,replay")
+    assert entries == ["er", r"er:method_options=sar_temperature=0.1\,sar_decay_k=2,online_iter=2", "replay"]
+    runs = declare("digits_er", entries, [1], str(tmp_path))
+    variant = runs[1]
+    assert variant.option("--method_options") == "sar_temperature=0.1,sar_decay_k=2"
+    assert variant.option("--online_iter") == "2"
+    assert variant.run_dir.name == "er_method_options=sar_temperature=0.1,sar_decay_k=2_online_iter=2_seed1"
+    # unescaped, the comma ends the value and what follows becomes an option of its own
+    plain = declare("digits_er", split_methods("er:method_options=sar_temperature=0.1,sar_decay_k=2"), [1], "o")
+    assert plain[0].option("--method_options") == "sar_temperature=0.1"
+    assert plain[0].option("--sar_decay_k") == "2"
 
 
 def test_summary_of_one_seed_without_forgetting_shows_no_spread():

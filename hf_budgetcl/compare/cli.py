@@ -5,7 +5,8 @@
     hf-budgetcl compare ... --methods er,alsar,alsar:budget_matching=spend_savings,ema=0.01   # a variant of alsar
 
 A variant ``name:key=value,...`` is a row of its own, run with ``--key value`` after the common overrides; in
-``--methods`` an item with ``=`` and no ``:`` is one more option of the variant before it.
+``--methods`` an item with ``=`` and no ``:`` is one more option of the variant before it. A comma inside a value
+is written ``\\,`` (``er:method_options=a=1\\,b=2``; quote it in the shell).
 
 Each run is a separate ``hf-budgetcl run`` process (one torch thread each, ``--jobs`` at a time), so runs do not
 share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged
@@ -115,7 +116,9 @@ def make_parser() -> argparse.ArgumentParser:
         help="base config of every run: a YAML path or a shipped config name (required unless --table_only)",
     )
     parser.add_argument(
-        "--methods", help="comma-separated method names, e.g. er,replay,alsar (required unless --table_only)"
+        "--methods",
+        help="comma-separated method names or variants name:key=value, e.g. er,replay,alsar:online_iter=2 "
+        "(a comma inside a value: \\,) (required unless --table_only)",
     )
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds, each method runs once per seed")
     parser.add_argument("--output_dir", required=True, help="one folder per run inside, plus summary.json/.md, plots")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,21 +79,26 @@ def known_methods() -> Collection[str]:
     return METHODS
 
 
+_COMMA = re.compile(r"(?<!\\),")  # a separator; ``\,`` is a comma inside an option's value
+
+
 def variant_flags(entry: str) -> tuple[str, list[str]]:
-    """``"sar:sar_temperature=0.03,similarity_ema=0.01"`` -> ``("sar", ["--sar_temperature", "0.03", ...])``; later
-    flags win, so a variant's ``memory_size`` caps the slots while the byte budget stays the common one."""
+    r"""``"sar:sar_temperature=0.03,similarity_ema=0.01"`` -> ``("sar", ["--sar_temperature", "0.03", ...])``; later
+    flags win, so a variant's ``memory_size`` caps the slots while the byte budget stays the common one. A value that
+    holds a comma writes it ``\,``: ``"er:method_options=a=1\,b=2"`` -> ``["--method_options", "a=1,b=2"]``."""
     name, _, options = entry.partition(":")
-    pairs = [kv.split("=", 1) for kv in options.split(",") if kv]
+    pairs = [kv.split("=", 1) for kv in _COMMA.split(options) if kv]
     if not name or any(len(kv) != 2 or not kv[0] for kv in pairs):
-        raise GridError(f"variant {entry!r}: expected name[:key=value,...]")
-    return name, [x for k, v in pairs for x in (f"--{k}", v)]
+        raise GridError(f"variant {entry!r}: expected name[:key=value,...] (a comma inside a value is written \\,)")
+    return name, [x for k, v in pairs for x in (f"--{k}", v.replace("\\,", ","))]
 
 
 def split_methods(text: str) -> list[str]:
-    """``"er,alsar:a=1,b=2,replay"`` -> ``["er", "alsar:a=1,b=2", "replay"]``: a method name never holds ``=``, so an
-    item with ``=`` before any ``:`` (``b=2``, ``freeze=static:1``) continues the variant before it."""
+    r"""``"er,alsar:a=1,b=2,replay"`` -> ``["er", "alsar:a=1,b=2", "replay"]``: a method name never holds ``=``, so an
+    item with ``=`` before any ``:`` (``b=2``, ``freeze=static:1``) continues the variant before it. An escaped comma
+    ``\,`` stays inside its value (``"er:tasks=shape\,color"`` is one entry)."""
     methods: list[str] = []
-    for item in (m.strip() for m in text.split(",")):
+    for item in (m.strip() for m in _COMMA.split(text)):
         if not item:
             continue
         if "=" in item.partition(":")[0]:
@@ -105,8 +111,9 @@ def split_methods(text: str) -> list[str]:
 
 
 def variant_dirname(entry: str) -> str:
-    """A run directory name for a ``name:key=value,...`` entry (no path separators)."""
-    return entry.replace(":", "+").replace(",", "+").replace("/", "_")
+    r"""A run directory name for a ``name:key=value,...`` entry (no path separators; an escaped ``\,`` is a comma)."""
+    parts = _COMMA.split(entry.replace(":", "+").replace("/", "_"))
+    return "+".join(part.replace("\\,", ",") for part in parts)
 
 
 def validate(runs: Sequence[Run]) -> None:
