@@ -87,6 +87,32 @@ def test_a_variant_is_also_paired_with_its_own_method():
     assert "| remind:x=1 | remind | 1 | 0.00 | 0.00 | – |" in md  # a method that trained nothing: no ratio
 
 
+def test_the_best_row_at_the_common_budget_is_paired_with_each_other_row():
+    runs = [
+        _fake("er", 1, 0.50, 1e12),
+        _fake("er", 2, 0.60, 1e12),
+        _fake("gdumb", 1, 0.70, 1e12, last=0.6),
+        _fake("gdumb", 2, 0.74, 1e12, last=0.6),
+        _fake("alsar", 1, 0.71, 1e12, last=0.5),
+        _fake("alsar", 2, 0.65, 1e12, last=0.7),
+        {**_fake("sar:flops_budget=2e12", 1, 0.99, 2e12), "flops_budget": 2e12},  # a budget of its own: no contest
+        {"method": "mir", "seed": 1, "error": "boom"},
+    ]
+    summary = summarize(runs, ["er", "gdumb", "alsar", "sar:flops_budget=2e12", "mir"])
+    # mean A_AUC: er 0.55, gdumb 0.72, alsar 0.68; the variant's 0.99 was bought with twice the FLOPs
+    assert summary["gdumb"]["best_A_auc"] and not any(summary[m].get("best_A_auc") for m in ("er", "alsar", "mir"))
+    versus = summary["gdumb"]["best_versus"]
+    assert list(versus) == ["er", "alsar"]
+    # vs alsar: A_AUC seed 1 -0.01, seed 2 +0.09; A_last +0.1, -0.1
+    assert versus["alsar"]["delta_A_auc"] == pytest.approx(0.04)
+    assert versus["alsar"]["delta_A_auc_std"] == pytest.approx(0.0707107, 1e-4)
+    assert versus["alsar"]["delta_A_last"] == pytest.approx(0.0) and versus["alsar"]["higher_A_auc_seeds"] == 1
+    assert versus["er"]["higher_A_auc_seeds"] == 2
+    md = to_markdown(summary)
+    assert "Best A_AUC at the common FLOPs and byte budgets: gdumb" in md
+    assert "| alsar | 1,2 | 4.00 ± 7.07 | 0.00 ± 14.14 | 1/2 seeds |" in md
+
+
 def test_methods_list_keeps_a_variants_options_together():
     assert split_methods("er,alsar:budget_matching=spend_savings,ema=0.01,replay") == [
         "er",

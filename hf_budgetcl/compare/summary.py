@@ -96,4 +96,30 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
             np.mean([r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok])
         )
         summary[method] = row
+    mark_best(summary, runs, methods)
     return summary
+
+
+def mark_best(summary: dict[str, Any], runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
+    """Mark the row with the highest mean A_AUC among those at the first method's FLOPs and byte budgets (a variant
+    with a budget of its own is not in the contest) with ``best_A_auc``, and pair it by seed with each other such row:
+    ``best_versus[other]`` holds ``seeds``, the deltas (best minus other) and ``higher_A_auc_seeds``, the number of
+    seeds on which the best is higher. Whether it leads beyond the spread is read from these."""
+    rows = {m: row for m, row in summary.items() if "errors" not in row}
+    if not rows or methods[0] not in rows:
+        return
+    budget = (rows[methods[0]]["flops_budget"], rows[methods[0]]["memory_budget_bytes"])
+    contest = [m for m, row in rows.items() if (row["flops_budget"], row["memory_budget_bytes"]) == budget]
+    best = max(contest, key=lambda m: rows[m]["A_auc"])
+    ok = {m: [r for r in runs if r["method"] == m and "error" not in r] for m in contest}
+    versus: dict[str, Any] = {}
+    for other in contest:
+        pairs = paired(ok[best], ok[other]) if other != best else []
+        if pairs:
+            versus[other] = {
+                "seeds": [a["seed"] for a, _ in pairs],
+                **paired_deltas(pairs, "delta_"),
+                "higher_A_auc_seeds": sum(a["A_auc"] > b["A_auc"] for a, b in pairs),
+            }
+    rows[best]["best_A_auc"] = True
+    rows[best]["best_versus"] = versus

@@ -63,4 +63,19 @@ def to_markdown(summary: dict[str, Any]) -> str:
                 f"| {_pm(seeds, 'variant_delta_A_auc')} | {_pm(seeds, 'variant_delta_A_last')} "
                 f"| {f'{ratio:.2f}' if np.isfinite(ratio) else '–'} |"
             )
+    best = next((method for method, row in summary.items() if row.get("best_A_auc")), None)
+    if best is not None and summary[best]["best_versus"]:
+        lines += [
+            "",
+            f"Best A_AUC at the common FLOPs and byte budgets: {best}, paired by seed with each other method there "
+            "(points; best minus other):",
+            "",
+            "| versus | seeds | Δ A_AUC, paired | Δ A_last, paired | A_AUC higher on |",
+            "|---|---|---|---|---|",
+        ]
+        for other, pair in summary[best]["best_versus"].items():
+            lines.append(
+                f"| {other} | {','.join(map(str, pair['seeds']))} | {_pm(pair, 'delta_A_auc')} "
+                f"| {_pm(pair, 'delta_A_last')} | {pair['higher_A_auc_seeds']}/{len(pair['seeds'])} seeds |"
+            )
     return "\n".join(lines) + "\n"
