@@ -4,7 +4,7 @@ import pytest
 
 from hf_budgetcl.cli import main
 from hf_budgetcl.compare.cli import declare
-from hf_budgetcl.compare.grid import GridError, split_methods
+from hf_budgetcl.compare.grid import GridError, split_methods, variant_dirname
 from hf_budgetcl.compare.summary import summarize
 from hf_budgetcl.compare.tables import to_markdown
 
@@ -109,8 +109,23 @@ def test_the_best_row_at_the_common_budget_is_paired_with_each_other_row():
     assert versus["alsar"]["delta_A_last"] == pytest.approx(0.0) and versus["alsar"]["higher_A_auc_seeds"] == 1
     assert versus["er"]["higher_A_auc_seeds"] == 2
     md = to_markdown(summary)
-    assert "Best A_AUC at the common FLOPs and byte budgets: gdumb" in md
+    assert "Best A_AUC at no FLOPs budget and 2,500,000 bytes: gdumb" in md
     assert "| alsar | 1,2 | 4.00 ± 7.07 | 0.00 ± 14.14 | 1/2 seeds |" in md
+
+
+def test_the_best_row_skips_a_failed_first_method_and_a_run_without_evaluations():
+    runs = [
+        {"method": "er", "seed": 1, "error": "boom"},
+        _fake("replay", 1, float("nan"), 1e12),  # no evaluation: A_AUC undefined, never "best"
+        _fake("sar", 1, 0.6, 1e12),
+        _fake("alsar", 1, 0.7, 1e12),
+    ]
+    summary = summarize(runs, ["er", "replay", "sar", "alsar"])
+    assert summary["alsar"]["best_A_auc"] and list(summary["alsar"]["best_versus"]) == ["sar"]
+    assert "best_A_auc" not in summary["replay"]
+    assert "| sar | 1 | 10.00 | 10.00 | 1/1 seeds |" in to_markdown(summary)
+    alone = summarize([_fake("er", 1, 0.5, 1e12)], ["er"])
+    assert alone["er"]["best_versus"] == {} and "Best A_AUC" not in to_markdown(alone)
 
 
 def test_methods_list_keeps_a_variants_options_together():
@@ -132,6 +147,12 @@ def test_an_escaped_comma_stays_inside_a_variants_value(tmp_path):
     assert variant.option("--method_options") == "sar_temperature=0.1,sar_decay_k=2"
     assert variant.option("--online_iter") == "2"
     assert variant.run_dir.name == "er_method_options=sar_temperature=0.1,sar_decay_k=2_online_iter=2_seed1"
+    # entries without an escape keep the directory names of earlier versions, so finished runs are still reused
+    assert (
+        variant_dirname("alsar:budget_matching=spend_savings,ema=0.01")
+        == "alsar+budget_matching=spend_savings+ema=0.01"
+    )
+    assert variant_dirname("er:freeze=static:1,model=a/b") == "er+freeze=static+1+model=a_b"
     # unescaped, the comma ends the value and what follows becomes an option of its own
     plain = declare("digits_er", split_methods("er:method_options=sar_temperature=0.1,sar_decay_k=2"), [1], "o")
     assert plain[0].option("--method_options") == "sar_temperature=0.1"

@@ -79,7 +79,8 @@ def known_methods() -> Collection[str]:
     return METHODS
 
 
-_COMMA = re.compile(r"(?<!\\),")  # a separator; ``\,`` is a comma inside an option's value
+# A separator; ``\,`` is a comma inside an option's value (so a value cannot end in a backslash).
+_COMMA = re.compile(r"(?<!\\),")
 
 
 def variant_flags(entry: str) -> tuple[str, list[str]]:
@@ -111,7 +112,8 @@ def split_methods(text: str) -> list[str]:
 
 
 def variant_dirname(entry: str) -> str:
-    r"""A run directory name for a ``name:key=value,...`` entry (no path separators; an escaped ``\,`` is a comma)."""
+    r"""A run directory name for a ``name:key=value,...`` entry: ``:`` and the separating commas become ``+``, ``/``
+    becomes ``_``; an escaped ``\,`` is a literal comma in the name."""
     parts = _COMMA.split(entry.replace(":", "+").replace("/", "_"))
     return "+".join(part.replace("\\,", ",") for part in parts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -100,16 +101,27 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
     return summary
 
 
+def _same_budget(a: float | None, b: float | None) -> bool:
+    return a == b or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9))
+
+
 def mark_best(summary: dict[str, Any], runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
-    """Mark the row with the highest mean A_AUC among those at the first method's FLOPs and byte budgets (a variant
-    with a budget of its own is not in the contest) with ``best_A_auc``, and pair it by seed with each other such row:
-    ``best_versus[other]`` holds ``seeds``, the deltas (best minus other) and ``higher_A_auc_seeds``, the number of
-    seeds on which the best is higher. Whether it leads beyond the spread is read from these."""
-    rows = {m: row for m, row in summary.items() if "errors" not in row}
-    if not rows or methods[0] not in rows:
+    """Mark the row with the highest mean A_AUC (over its own seeds; the first listed wins a tie) among the rows at the
+    FLOPs and byte budgets of the first listed method that has results (a variant with a budget of its own is not in
+    the contest; a row without a finite A_AUC neither) with ``best_A_auc``, and pair it by seed with each other such
+    row that shares a seed with it: ``best_versus[other]`` holds ``seeds``, the deltas (best minus other) and
+    ``higher_A_auc_seeds``, the number of seeds on which the best is strictly higher. Whether it leads beyond the
+    spread is read from these."""
+    rows = {m: row for m, row in summary.items() if "errors" not in row and np.isfinite(row["A_auc"])}
+    if not rows:
         return
-    budget = (rows[methods[0]]["flops_budget"], rows[methods[0]]["memory_budget_bytes"])
-    contest = [m for m, row in rows.items() if (row["flops_budget"], row["memory_budget_bytes"]) == budget]
+    first = next(iter(rows.values()))
+    contest = [
+        m
+        for m, row in rows.items()
+        if _same_budget(row["flops_budget"], first["flops_budget"])
+        and _same_budget(row["memory_budget_bytes"], first["memory_budget_bytes"])
+    ]
     best = max(contest, key=lambda m: rows[m]["A_auc"])
     ok = {m: [r for r in runs if r["method"] == m and "error" not in r] for m in contest}
     versus: dict[str, Any] = {}

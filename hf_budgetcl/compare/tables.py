@@ -25,6 +25,12 @@ def _pm(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 2) ->
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(row["seeds"]) > 1 else "")
 
 
+def _budgets(row: dict[str, Any]) -> str:
+    flops = "no FLOPs budget" if row["flops_budget"] is None else f"{row['flops_budget'] / 1e12:.3f} TFLOPs"
+    memory = "no byte budget" if row["memory_budget_bytes"] is None else f"{row['memory_budget_bytes']:,} bytes"
+    return f"{flops} and {memory}"
+
+
 def to_markdown(summary: dict[str, Any]) -> str:
     """The ``summary.md`` table of ``hf-budgetcl compare``."""
     reference = next(iter(summary), "")
@@ -67,8 +73,8 @@ def to_markdown(summary: dict[str, Any]) -> str:
     if best is not None and summary[best]["best_versus"]:
         lines += [
             "",
-            f"Best A_AUC at the common FLOPs and byte budgets: {best}, paired by seed with each other method there "
-            "(points; best minus other):",
+            f"Best A_AUC at {_budgets(summary[best])}: {best}, paired by seed with each other row at those budgets "
+            "that shares a seed with it (points; best minus other):",
             "",
             "| versus | seeds | Δ A_AUC, paired | Δ A_last, paired | A_AUC higher on |",
             "|---|---|---|---|---|",
