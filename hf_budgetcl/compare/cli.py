@@ -13,7 +13,7 @@ share state and a failed run does not stop the others; a finished run is reused 
 (``--rerun``: run everything again).
 Writes ``summary.json``, ``summary.md`` (A_AUC ± std, A_last ± std, each paired by seed with the first method, TFLOPs,
 MB, wall-clock per method; below, each variant paired with its own method, and the row with the best A_AUC at the
-first method's budgets paired with each other row there, with the seeds on which it is higher),
+budgets of the first method with results paired with each other row there, with the seeds on which it is higher),
 ``accuracy_vs_flops.png``, ``per_class_accuracy.png`` (classes named by the runs' ``id2label``) and ``freezing.png``.
 ``--table_only`` rewrites ``summary.md`` from ``summary.json``.
 """

@@ -97,7 +97,7 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
             np.mean([r["samples_seen"] / max(r["train_time_s"] - r.get("eval_time_s", 0.0), 1e-9) for r in ok])
         )
         summary[method] = row
-    mark_best(summary, runs, methods)
+    mark_best(summary, runs)
     return summary
 
 
@@ -105,7 +105,7 @@ def _same_budget(a: float | None, b: float | None) -> bool:
     return a == b or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9))
 
 
-def mark_best(summary: dict[str, Any], runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> None:
+def mark_best(summary: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
     """Mark the row with the highest mean A_AUC (over its own seeds; the first listed wins a tie) among the rows at the
     FLOPs and byte budgets of the first listed method that has results (a variant with a budget of its own is not in
     the contest; a row without a finite A_AUC neither) with ``best_A_auc``, and pair it by seed with each other such
