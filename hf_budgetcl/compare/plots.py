@@ -10,6 +10,7 @@ import numpy as np
 
 from ..evaluation.metrics import frozen_blocks_per_interval
 from ..evaluation.per_class import final_class_accuracies
+from .summary import succeeded
 
 
 def per_class_means(
@@ -63,7 +64,7 @@ def plot(runs: list[dict[str, Any]], output_dir: str, class_names: Mapping[int, 
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in runs if "error" not in r):
-        ok = [r for r in runs if r["method"] == method and "error" not in r]
+        ok = succeeded(runs, method)
         flops = np.mean([[p["train_flops"] for p in r["curve"]] for r in ok], axis=0) / 1e12
         acc = np.mean([[p["accuracy"] for p in r["curve"]] for r in ok], axis=0) * 100
         ax.plot(flops, acc, marker="o", ms=3, label=method)

@@ -48,6 +48,11 @@ def group(results: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list
     return groups
 
 
+def succeeded(runs: Iterable[dict], method: str) -> list[dict]:
+    """The runs of ``method`` that finished (no ``error``)."""
+    return [r for r in runs if r["method"] == method and "error" not in r]
+
+
 def paired_deltas(pairs: Sequence[tuple[dict, dict]], prefix: str) -> dict[str, float]:
     """``{prefix}A_auc``, ``{prefix}A_last`` and their ``_std``: mean and std over ``pairs`` of run minus baseline."""
     out: dict[str, float] = {}
@@ -64,9 +69,9 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
     ``variant_flops_ratio``: mean training FLOPs over the paired seeds, variant over method, nan if the method's is
     0). A variant whose method failed or shares no seed with it is not paired."""
     summary: dict[str, Any] = {}
-    reference = [r for r in runs if methods and r["method"] == methods[0] and "error" not in r]
+    reference = succeeded(runs, methods[0]) if methods else []
     for method in methods:
-        ok = [r for r in runs if r["method"] == method and "error" not in r]
+        ok = succeeded(runs, method)
         if not ok:
             summary[method] = {"errors": [r.get("error") for r in runs if r["method"] == method]}
             continue
@@ -83,7 +88,7 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
             row["paired_with"] = methods[0]
             row.update(paired_deltas(pairs, "delta_"))
         base = method.partition(":")[0]
-        base_runs = [r for r in runs if r["method"] == base and "error" not in r] if base != method else []
+        base_runs = succeeded(runs, base) if base != method else []
         variant_pairs = paired(ok, base_runs) if base != methods[0] else []
         if variant_pairs:
             row["variant_of"] = base
@@ -123,7 +128,7 @@ def mark_best(summary: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
         and _same_budget(row["memory_budget_bytes"], first["memory_budget_bytes"])
     ]
     best = max(contest, key=lambda m: rows[m]["A_auc"])
-    ok = {m: [r for r in runs if r["method"] == m and "error" not in r] for m in contest}
+    ok = {m: succeeded(runs, m) for m in contest}
     versus: dict[str, Any] = {}
     for other in contest:
         pairs = paired(ok[best], ok[other]) if other != best else []
