@@ -204,6 +204,25 @@ def test_compare_command_end_to_end(tmp_path, capsys):
     assert (out / "per_class_accuracy.png").stat().st_size > 1000
 
 
+def test_a_variants_method_option_reaches_the_method(tmp_path):
+    from hf_budgetcl.methods import METHODS
+    from hf_budgetcl.runs.image_classification import make_parser
+
+    entries = split_methods(
+        "derpp:derpp_alpha=0,eval_period=5,sar:sar_temperature=0.3,derpp:method_options=derpp_beta=0,derpp_alpha=2"
+    )
+    derpp, sar, both = declare("digits_er", entries, [1], str(tmp_path))
+    # derpp_alpha is DER++'s own option, not a run setting: as a flag every run would stop on an unknown argument
+    assert derpp.option("--derpp_alpha") is None and derpp.option("--method_options") == "derpp_alpha=0"
+    assert derpp.option("--eval_period") == "5"
+    assert sar.option("--sar_temperature") == "0.3" and sar.option("--method_options") is None  # a config field
+    assert both.option("--method_options") == "derpp_beta=0,derpp_alpha=2"
+    argv = ["--output_dir", str(tmp_path), *both.args]
+    *_, config = make_parser().parse_with_config(argv, ignore_keys=("recipe",))
+    options = METHODS["derpp"](config).options
+    assert (options.derpp_alpha, options.derpp_beta) == (2.0, 0.0)
+
+
 def test_compare_rejects_unknown_method(tmp_path, capsys):
     assert (
         main(

@@ -6,7 +6,8 @@
 
 A variant ``name:key=value,...`` is a row of its own, run with ``--key value`` after the common overrides; in
 ``--methods`` an item with ``=`` and no ``:`` is one more option of the variant before it. A comma inside a value
-is written ``\\,`` (``er:method_options=a=1\\,b=2``; quote it in the shell).
+is written ``\\,`` (``er:method_options=a=1\\,b=2``; quote it in the shell). A key that is an option of the
+method, not a run setting (``derpp:derpp_alpha=0``), goes into its ``--method_options``.
 
 Each run is a separate ``hf-budgetcl run`` process (one torch thread each, ``--jobs`` at a time), so runs do not
 share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .grid import Run, run_grid, split_methods, validate, variant_dirname, variant_flags
+from .grid import Run, fold_method_options, run_grid, split_methods, validate, variant_dirname, variant_flags
 from .summary import summarize
 from .tables import to_markdown
 
@@ -39,6 +40,7 @@ def declare(
     runs = []
     for method in methods:
         name, flags = variant_flags(method)
+        flags = fold_method_options(name, flags)
         for seed in seeds:
             runs.append(
                 Run(

@@ -10,6 +10,7 @@ time, one torch thread each, a log per run; a run that fails does not stop the o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -92,6 +93,30 @@ def variant_flags(entry: str) -> tuple[str, list[str]]:
     if not name or any(len(kv) != 2 or not kv[0] for kv in pairs):
         raise GridError(f"variant {entry!r}: expected name[:key=value,...] (a comma inside a value is written \\,)")
     return name, [x for k, v in pairs for x in (f"--{k}", v.replace("\\,", ","))]
+
+
+def fold_method_options(name: str, flags: list[str]) -> list[str]:
+    """A variant's keys that are options of method ``name`` but not run-config fields (``derpp:derpp_alpha=0``)
+    joined into one ``--method_options`` after any given explicitly, so they reach the method instead of failing as
+    unknown arguments in every run. Config fields (``sar_temperature`` too) stay flags; an unknown method is left to
+    :func:`validate`."""
+    methods = known_methods()
+    if name not in methods:
+        return flags
+    from ..config import BudgetedCLConfig
+    from ..methods.options import option_fields
+
+    config_fields = {f.name for f in dataclasses.fields(BudgetedCLConfig)}
+    own = set(option_fields(methods[name].Options)) - config_fields
+    kept, folded = [], []
+    for key, value in zip(flags[::2], flags[1::2]):
+        if key[2:] in own:
+            folded.append(f"{key[2:]}={value}")
+        elif key == "--method_options":
+            folded.insert(0, value)
+        else:
+            kept += [key, value]
+    return kept + (["--method_options", ",".join(folded)] if folded else [])
 
 
 def split_methods(text: str) -> list[str]:
