@@ -223,6 +223,17 @@ def test_a_variants_method_option_reaches_the_method(tmp_path):
     assert (options.derpp_alpha, options.derpp_beta) == (2.0, 0.0)
 
 
+def test_compare_rejects_an_option_the_recipe_lacks_before_any_run(tmp_path, capsys):
+    argv = ["compare", "--config", "digits_er", "--methods", "er,er:no_such_option=1", "--output_dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "'--no_such_option' is not an option of the image_classification recipe" in err
+        and "er_no_such_option=1_seed1" in err
+    )
+    assert not list(tmp_path.iterdir())  # nothing ran, not even the valid row
+
+
 def test_compare_rejects_unknown_method(tmp_path, capsys):
     assert (
         main(

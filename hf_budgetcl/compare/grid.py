@@ -2,10 +2,11 @@
 
 A :class:`Run` is one process: ``hf-budgetcl run <args>`` (or, with ``command``, another program such as a benchmark's
 own reference loop) writing into ``run_dir``. :func:`run_grid` validates the whole grid first (unknown methods,
-missing config files, duplicate run directories; malformed ``name:key=value`` variants fail where they are declared,
-in :func:`variant_flags`), so a typo stops everything before anything starts. Then it runs ``jobs`` processes at a
-time, one torch thread each, a log per run; a run that fails does not stop the others and comes back as
-``{"error": ...}``. A finished run is reused only when its recorded arguments (``cmd.json``) match.
+missing config files, options the recipe does not have, duplicate run directories; malformed ``name:key=value``
+variants fail where they are declared, in :func:`variant_flags`), so a typo stops everything before anything starts.
+Then it runs ``jobs`` processes at a time, one torch thread each, a log per run; a run that fails does not stop the
+others and comes back as ``{"error": ...}``. A finished run is reused only when its recorded arguments
+(``cmd.json``) match.
 """
 
 from __future__ import annotations
@@ -145,9 +146,10 @@ def variant_dirname(entry: str) -> str:
 
 def validate(runs: Sequence[Run]) -> None:
     """Raise :class:`GridError` for the first invalid entry: a method the registry does not know, a config file that
-    does not exist, two runs in one directory."""
+    does not exist, an option the run's recipe does not have, two runs in one directory."""
     methods = None
     seen: dict[Path, Run] = {}
+    parsers: dict[str, Any] = {}
     for run in runs:
         where = f"run {run.name}"
         method = run.option("--method")
@@ -163,6 +165,15 @@ def validate(runs: Sequence[Run]) -> None:
                 resolve_config(config)  # a path, or a shipped config's name
             except ConfigError:
                 raise GridError(f"{where}: config file not found: {config}") from None
+        if run.command is None:  # an `hf-budgetcl run`: every flag must be one of its recipe's options
+            from ..runs.arguments import recipe_parser
+            from ..runs.yaml_config import recipe_of
+
+            recipe = recipe_of(run.args)
+            parsers[recipe] = parsers.get(recipe) or recipe_parser(recipe)
+            flag = parsers[recipe].unknown_flag(run.args)
+            if flag is not None:
+                raise GridError(f"{where}: '{flag}' is not an option of the {recipe} recipe")
         key = run.run_dir.resolve()
         if key in seen:
             raise GridError(f"{where}: run directory {run.run_dir} is used twice")

@@ -62,6 +62,11 @@ class ConfigParser(HfArgumentParser):
         except ValueError as err:  # raised by a dataclass __post_init__: already names the field
             raise ConfigError(str(err).splitlines()[0]) from None
 
+    def unknown_flag(self, argv: Sequence[str]) -> str | None:
+        """The first ``--flag`` in ``argv`` that this parser does not accept, without parsing anything."""
+        known = {s for action in self._actions for s in action.option_strings}
+        return next((a for a in (x.split("=", 1)[0] for x in argv) if a.startswith("--") and a not in known), None)
+
     def merged_argv(self, argv: Sequence[str], ignore_keys: Sequence[str] = ()) -> list[str]:
         """The YAML's values as arguments, then the command line's (which win), ``--key null`` applied."""
         argv = split_equals_config(argv)
@@ -86,3 +91,14 @@ class ConfigParser(HfArgumentParser):
         ]
         config_values = {k: v for k, v in config_values.items() if k not in nulls}
         return _yaml_to_argv(config_values) + argv
+
+
+def recipe_parser(name: str) -> ConfigParser:
+    """The argument parser of recipe ``name`` (its module is imported only when asked for)."""
+    if name == "image_classification":
+        from .image_classification import make_parser
+    elif name == "vlm_instruction_stream":
+        from .vlm_instruction_stream import make_parser
+    else:
+        raise ConfigError(f"recipe: unknown recipe '{name}'; choose one of: {', '.join(RECIPE_NAMES)}")
+    return make_parser()
