@@ -37,6 +37,7 @@ from hf_budgetcl.compare.grid import (
     OFFLINE_ENV,
     Run,
     completed,
+    fold_method_options,
     run_grid,
     split_methods,
     variant_dirname,
@@ -195,7 +196,7 @@ def declare(args: argparse.Namespace) -> list[Run]:
                 runs.append(Run(run_dir, plain, label, command=(sys.executable, __file__), result_name="plain.json"))
             else:
                 cli = ["--config", CONFIG, "--method", name, "--seed", seed, *sizes, "--save_strategy", "no", *flags]
-                runs.append(Run(run_dir, cli, label))
+                runs.append(Run(run_dir, fold_method_options(cli), label))
     return runs
 
 

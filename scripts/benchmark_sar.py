@@ -21,7 +21,15 @@ import sys
 from pathlib import Path
 
 from hf_budgetcl.compare import publish
-from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid, variant_dirname, variant_flags
+from hf_budgetcl.compare.grid import (
+    OFFLINE_ENV,
+    Run,
+    completed,
+    fold_method_options,
+    run_grid,
+    variant_dirname,
+    variant_flags,
+)
 from hf_budgetcl.compare.summary import group, mean_std, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
 
@@ -65,7 +73,8 @@ def declare(args: argparse.Namespace, budget: int) -> list[Run]:
                     *("--memory_budget_bytes", budget, *args.extra, *flags),
                 ]
                 label = {"stream": stream, "method": entry, "seed": seed}
-                runs.append(Run(Path(args.work_dir) / f"{stream}_{variant_dirname(entry)}_s{seed}", cli, label))
+                run_dir = Path(args.work_dir) / f"{stream}_{variant_dirname(entry)}_s{seed}"
+                runs.append(Run(run_dir, fold_method_options(cli), label))
     return runs
 
 

@@ -30,7 +30,15 @@ from collections import Counter
 from pathlib import Path
 
 from hf_budgetcl.compare import publish
-from hf_budgetcl.compare.grid import OFFLINE_ENV, Run, completed, run_grid, variant_dirname, variant_flags
+from hf_budgetcl.compare.grid import (
+    OFFLINE_ENV,
+    Run,
+    completed,
+    fold_method_options,
+    run_grid,
+    variant_dirname,
+    variant_flags,
+)
 from hf_budgetcl.compare.summary import group, mean_std, paired, paired_difference
 from hf_budgetcl.compare.tables import markdown_table
 
@@ -86,7 +94,13 @@ def declare(args: argparse.Namespace) -> list[Run]:
             name, flags = variant_flags(entry)
             quick = QUICK[args.stream] if args.quick else []
             cli = ["--config", config_of(name, args.stream, args.family), "--seed", seed, *quick, *args.extra, *flags]
-            runs.append(Run(Path(args.work_dir) / f"{variant_dirname(entry)}_s{seed}", cli, {"method": entry}))
+            runs.append(
+                Run(
+                    Path(args.work_dir) / f"{variant_dirname(entry)}_s{seed}",
+                    fold_method_options(cli),
+                    {"method": entry},
+                )
+            )
     return runs
 
 

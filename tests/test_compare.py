@@ -4,7 +4,7 @@ import pytest
 
 from hf_budgetcl.cli import main
 from hf_budgetcl.compare.cli import declare
-from hf_budgetcl.compare.grid import GridError, split_methods, variant_dirname
+from hf_budgetcl.compare.grid import GridError, fold_method_options, split_methods, variant_dirname
 from hf_budgetcl.compare.summary import summarize
 from hf_budgetcl.compare.tables import to_markdown
 
@@ -221,6 +221,12 @@ def test_a_variants_method_option_reaches_the_method(tmp_path):
     *_, config = make_parser().parse_with_config(argv, ignore_keys=("recipe",))
     options = METHODS["derpp"](config).options
     assert (options.derpp_alpha, options.derpp_beta) == (2.0, 0.0)
+    # options given to every run are kept, not replaced by the variant's
+    (common,) = declare("digits_er", ["derpp:derpp_alpha=0"], [1], "o", ["--method_options", "derpp_beta=0.3"])
+    assert common.option("--method_options") == "derpp_beta=0.3,derpp_alpha=0"
+    # nothing to fold: the arguments stay as they were, so finished runs are still reused
+    plain = ["--config", "digits_er", "--method", "er", "--method_options", "a=1", "--eval_period", "5"]
+    assert fold_method_options(plain) == plain
 
 
 def test_compare_rejects_an_option_the_recipe_lacks_before_any_run(tmp_path, capsys):
@@ -232,6 +238,22 @@ def test_compare_rejects_an_option_the_recipe_lacks_before_any_run(tmp_path, cap
         and "er_no_such_option=1_seed1" in err
     )
     assert not list(tmp_path.iterdir())  # nothing ran, not even the valid row
+    for methods, message in [
+        ("derpp:derpp_alpa=0", "'--derpp_alpa' is not an option"),
+        ("derpp:method_options=derpp_alpa=0", "'derpp_alpa' is not an option of method 'derpp'"),
+        ("er:recipe=nope", "unknown recipe 'nope'"),
+    ]:
+        assert main([*argv[:4], methods, *argv[5:]]) == 2
+        assert message in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_unknown_flag_knows_the_recipes_own_spellings():
+    from hf_budgetcl.runs.arguments import recipe_parser
+
+    image, vlm = recipe_parser("image_classification"), recipe_parser("vlm_instruction_stream")
+    assert image.unknown_flag(["--eval_period=5", "--no_sar_scale_by_memory", "--seed", "1"]) is None
+    assert image.unknown_flag(["--seed", "1", "--wat", "2"]) == "--wat"
+    assert vlm.unknown_flag(["--lora_r", "4"]) is None and image.unknown_flag(["--lora_r", "4"]) == "--lora_r"
 
 
 def test_compare_rejects_unknown_method(tmp_path, capsys):

@@ -7,7 +7,7 @@
 A variant ``name:key=value,...`` is a row of its own, run with ``--key value`` after the common overrides; in
 ``--methods`` an item with ``=`` and no ``:`` is one more option of the variant before it. A comma inside a value
 is written ``\\,`` (``er:method_options=a=1\\,b=2``; quote it in the shell). A key that is an option of the
-method, not a run setting (``derpp:derpp_alpha=0``), goes into its ``--method_options``.
+method, not a run setting (``derpp:derpp_alpha=0``), is added to its ``--method_options``.
 
 Each run is a separate ``hf-budgetcl run`` process (one torch thread each, ``--jobs`` at a time), so runs do not
 share state and a failed run does not stop the others; a finished run is reused when its arguments are unchanged
@@ -40,12 +40,11 @@ def declare(
     runs = []
     for method in methods:
         name, flags = variant_flags(method)
-        flags = fold_method_options(name, flags)
         for seed in seeds:
             runs.append(
                 Run(
                     Path(output_dir, f"{variant_dirname(method).replace('+', '_')}_seed{seed}"),
-                    ["--config", config, "--method", name, "--seed", seed, *overrides, *flags],
+                    fold_method_options(["--config", config, "--method", name, "--seed", seed, *overrides, *flags]),
                     label={"method": method, "seed": seed},
                 )
             )

@@ -11,7 +11,6 @@ others and comes back as ``{"error": ...}``. A finished run is reused only when 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -96,28 +95,51 @@ def variant_flags(entry: str) -> tuple[str, list[str]]:
     return name, [x for k, v in pairs for x in (f"--{k}", v.replace("\\,", ","))]
 
 
-def fold_method_options(name: str, flags: list[str]) -> list[str]:
-    """A variant's keys that are options of method ``name`` but not run-config fields (``derpp:derpp_alpha=0``)
-    joined into one ``--method_options`` after any given explicitly, so they reach the method instead of failing as
-    unknown arguments in every run. Config fields (``sar_temperature`` too) stay flags; an unknown method is left to
-    :func:`validate`."""
-    methods = known_methods()
-    if name not in methods:
-        return flags
-    from ..config import BudgetedCLConfig
-    from ..methods.options import option_fields
-
-    config_fields = {f.name for f in dataclasses.fields(BudgetedCLConfig)}
-    own = set(option_fields(methods[name].Options)) - config_fields
-    kept, folded = [], []
-    for key, value in zip(flags[::2], flags[1::2]):
-        if key[2:] in own:
-            folded.append(f"{key[2:]}={value}")
-        elif key == "--method_options":
-            folded.insert(0, value)
+def _flag_pairs(args: Sequence[str]) -> list[tuple[str, str | None]]:
+    """``["--a", "1", "--b=2"]`` -> ``[("--a", "1"), ("--b", "2")]``; a token that is no flag stands alone."""
+    pairs: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(args):
+        key, eq, value = args[i].partition("=")
+        if args[i].startswith("--") and eq:
+            pairs.append((key, value))
+            i += 1
+        elif args[i].startswith("--") and i + 1 < len(args):
+            pairs.append((args[i], args[i + 1]))
+            i += 2
         else:
-            kept += [key, value]
-    return kept + (["--method_options", ",".join(folded)] if folded else [])
+            pairs.append((args[i], None))
+            i += 1
+    return pairs
+
+
+def fold_method_options(args: Sequence[str]) -> list[str]:
+    """An ``hf-budgetcl run`` argument list whose flags that are options of its method, not of its recipe
+    (``--derpp_alpha 0`` from the variant ``derpp:derpp_alpha=0``), are added to its ``method_options``: the last
+    one given (or the config file's) plus these, as one final ``--method_options``. Without such flags ``args`` comes
+    back unchanged; an unknown method or recipe is left to :func:`validate`."""
+    from ..methods.options import option_fields
+    from ..runs.arguments import recipe_parser
+    from ..runs.yaml_config import read_yaml_config, recipe_of
+
+    args = [str(a) for a in args]
+    pairs = _flag_pairs(args)
+    given = dict(p for p in pairs if p[1] is not None)  # the last value of each flag
+    try:
+        yaml = read_yaml_config(given["--config"]) if "--config" in given else {}
+        recipe_flags = {s for a in recipe_parser(recipe_of(args))._actions for s in a.option_strings}
+    except ConfigError:
+        return args
+    method = given.get("--method", yaml.get("method", "er"))
+    if method not in known_methods():
+        return args
+    own = {f"--{k}" for k in option_fields(known_methods()[method].Options)} - recipe_flags
+    by_name = [f"{k[2:]}={v}" for k, v in pairs if k in own and v is not None]
+    if not by_name:
+        return args
+    before = given.get("--method_options", yaml.get("method_options"))
+    kept = [x for k, v in pairs if k not in own for x in ((k,) if v is None else (k, v))]
+    return [*kept, "--method_options", ",".join([before, *by_name] if before else by_name)]
 
 
 def split_methods(text: str) -> list[str]:
@@ -144,12 +166,23 @@ def variant_dirname(entry: str) -> str:
     return "+".join(part.replace("\\,", ",") for part in parts)
 
 
+def check_method_options(where: str, method: Any, text: str | None) -> None:
+    """A key of ``--method_options`` that ``method`` does not have is a :class:`GridError` now, not in every run."""
+    from ..methods.options import option_fields, parse_method_options
+
+    try:
+        unknown = sorted(set(parse_method_options(text)) - set(option_fields(method.Options)))
+    except ConfigError as err:
+        raise GridError(f"{where}: {err}") from None
+    if unknown:
+        raise GridError(f"{where}: '{unknown[0]}' is not an option of method '{method.name}'")
+
+
 def validate(runs: Sequence[Run]) -> None:
     """Raise :class:`GridError` for the first invalid entry: a method the registry does not know, a config file that
     does not exist, an option the run's recipe does not have, two runs in one directory."""
     methods = None
     seen: dict[Path, Run] = {}
-    parsers: dict[str, Any] = {}
     for run in runs:
         where = f"run {run.name}"
         method = run.option("--method")
@@ -169,11 +202,15 @@ def validate(runs: Sequence[Run]) -> None:
             from ..runs.arguments import recipe_parser
             from ..runs.yaml_config import recipe_of
 
-            recipe = recipe_of(run.args)
-            parsers[recipe] = parsers.get(recipe) or recipe_parser(recipe)
-            flag = parsers[recipe].unknown_flag(run.args)
+            try:
+                recipe = recipe_of(run.args)
+            except ConfigError as err:
+                raise GridError(f"{where}: {err}") from None
+            flag = recipe_parser(recipe).unknown_flag(run.args)
             if flag is not None:
                 raise GridError(f"{where}: '{flag}' is not an option of the {recipe} recipe")
+            if method is not None:
+                check_method_options(where, methods[method], run.option("--method_options"))
         key = run.run_dir.resolve()
         if key in seen:
             raise GridError(f"{where}: run directory {run.run_dir} is used twice")

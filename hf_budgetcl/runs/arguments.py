@@ -7,6 +7,7 @@ that no dataclass field declares is an error that names the key and the file.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,8 +94,9 @@ class ConfigParser(HfArgumentParser):
         return _yaml_to_argv(config_values) + argv
 
 
+@functools.cache
 def recipe_parser(name: str) -> ConfigParser:
-    """The argument parser of recipe ``name`` (its module is imported only when asked for)."""
+    """The argument parser of recipe ``name``, built once (its module is imported only when asked for)."""
     if name == "image_classification":
         from .image_classification import make_parser
     elif name == "vlm_instruction_stream":
