@@ -180,7 +180,8 @@ def check_method_options(where: str, method: Any, text: str | None) -> None:
 
 def validate(runs: Sequence[Run]) -> None:
     """Raise :class:`GridError` for the first invalid entry: a method the registry does not know, a config file that
-    does not exist, an option the run's recipe does not have, two runs in one directory."""
+    does not exist, an option the run's recipe does not have, a ``method_options`` key its method does not have, two
+    runs in one directory."""
     methods = None
     seen: dict[Path, Run] = {}
     for run in runs:
