@@ -127,7 +127,7 @@ def fold_method_options(args: Sequence[str]) -> list[str]:
     given = dict(p for p in pairs if p[1] is not None)  # the last value of each flag
     try:
         yaml = read_yaml_config(given["--config"]) if "--config" in given else {}
-        recipe_flags = {s for a in recipe_parser(recipe_of(args))._actions for s in a.option_strings}
+        recipe_flags = recipe_parser(recipe_of(args)).flags()
     except ConfigError:
         return args
     method = given.get("--method", yaml.get("method", "er"))

@@ -63,9 +63,13 @@ class ConfigParser(HfArgumentParser):
         except ValueError as err:  # raised by a dataclass __post_init__: already names the field
             raise ConfigError(str(err).splitlines()[0]) from None
 
+    def flags(self) -> set[str]:
+        """Every option string this parser accepts (``--no_x`` and dash spellings included)."""
+        return {s for action in self._actions for s in action.option_strings}
+
     def unknown_flag(self, argv: Sequence[str]) -> str | None:
         """The first ``--flag`` in ``argv`` that this parser does not accept, without parsing anything."""
-        known = {s for action in self._actions for s in action.option_strings}
+        known = self.flags()
         return next((a for a in (x.split("=", 1)[0] for x in argv) if a.startswith("--") and a not in known), None)
 
     def merged_argv(self, argv: Sequence[str], ignore_keys: Sequence[str] = ()) -> list[str]:
